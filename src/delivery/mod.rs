@@ -1,0 +1,252 @@
+//! Signed callbacks: build the event, sign it (Standard Webhooks), send one
+//! attempt, decide when the next one is due.
+//!
+//! The event body is a pure function of the finished run, so every attempt
+//! sends the same bytes under the same `webhook-id`; only
+//! `webhook-timestamp` and the signature change per attempt.
+
+use crate::backoff::{honour_retry_after, parse_retry_after, spread};
+use crate::config::DeliverySettings;
+use crate::run::{Attempt, Run};
+use crate::signing::WebhookKey;
+use crate::time::Timestamp;
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Largest part of a receiver's answer kept with an attempt.
+const MAX_RESPONSE: usize = 1024;
+
+/// The `User-Agent` of callbacks.
+pub const AGENT: &str = concat!("runbridge/", env!("CARGO_PKG_VERSION"));
+
+/// The callback event of a finished run.
+pub fn event_body(run: &Run) -> Bytes {
+    let event = json!({
+        "type": run.status.event_type(),
+        "timestamp": run.finished_at.unwrap_or(run.updated_at),
+        "data": {
+            "run_id": run.id.to_string(),
+            "route": run.route,
+            "provider": run.provider,
+            "workflow_id": run.workflow_id,
+            "vendor_run_id": run.vendor_run_id,
+            "status": run.status,
+            "raw_status": run.raw_status,
+            "output": run.output,
+            "error": run.error,
+            "created_at": run.created_at,
+            "started_at": run.started_at,
+            "finished_at": run.finished_at,
+            "delivery_id": run.delivery_id,
+        }
+    });
+    Bytes::from(serde_json::to_vec(&event).unwrap_or_default())
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub attempt: Attempt,
+    pub succeeded: bool,
+    /// The receiver asked to wait (429/503 `Retry-After`).
+    pub retry_after: Option<Duration>,
+    /// 410 Gone: the receiver wants no more attempts.
+    pub gone: bool,
+}
+
+/// Sends one signed attempt. Only a 2xx counts as delivered; redirects are
+/// not followed (the shared client has redirects off) and count as failures.
+pub async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    key: &WebhookKey,
+    webhook_id: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Outcome {
+    let at = Timestamp::now();
+    let signature = key.sign(webhook_id, at.unix_seconds(), &body);
+    let started = Instant::now();
+    let result = client
+        .post(url)
+        .timeout(timeout)
+        .header(CONTENT_TYPE, "application/json")
+        .header(USER_AGENT, AGENT)
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", at.unix_seconds().to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await;
+    match result {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            let text = resp.bytes().await.ok().map(|b| {
+                let end = b.len().min(MAX_RESPONSE);
+                String::from_utf8_lossy(&b[..end]).into_owned()
+            });
+            let succeeded = (200..300).contains(&code);
+            Outcome {
+                attempt: Attempt {
+                    at,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    status_code: Some(code),
+                    error: (!succeeded).then(|| format!("receiver answered HTTP {code}")),
+                    response: text.filter(|t| !t.is_empty()),
+                },
+                succeeded,
+                retry_after,
+                gone: code == 410,
+            }
+        }
+        Err(e) => {
+            let kind = if e.is_timeout() {
+                format!("timed out after {}", humantime::format_duration(timeout))
+            } else if e.is_connect() {
+                "connection failed".to_string()
+            } else {
+                "request failed".to_string()
+            };
+            let mut detail = kind.clone();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail = format!("{kind}: {s}");
+                source = s.source();
+            }
+            Outcome {
+                attempt: Attempt {
+                    at,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    status_code: None,
+                    error: Some(detail),
+                    response: None,
+                },
+                succeeded: false,
+                retry_after: None,
+                gone: false,
+            }
+        }
+    }
+}
+
+/// When to try again after `made` failed attempts, or `None` when the
+/// schedule is exhausted (or the receiver answered 410) and the delivery is dead.
+pub fn next_attempt(
+    now: Timestamp,
+    made: usize,
+    outcome: &Outcome,
+    s: &DeliverySettings,
+) -> Option<Timestamp> {
+    if outcome.gone {
+        return None;
+    }
+    let delay = s.schedule.get(made)?;
+    let delay = honour_retry_after(
+        spread(*delay, s.jitter),
+        outcome.retry_after,
+        s.max_retry_after,
+    );
+    Some(now.plus(delay))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Observation, RunId, RunStatus};
+
+    fn settings() -> DeliverySettings {
+        DeliverySettings {
+            schedule: vec![
+                Duration::ZERO,
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+            ],
+            jitter: 0.0,
+            timeout: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+
+    fn failed(retry_after: Option<Duration>, gone: bool) -> Outcome {
+        Outcome {
+            attempt: Attempt {
+                at: Timestamp(0),
+                duration_ms: 0,
+                status_code: Some(500),
+                error: None,
+                response: None,
+            },
+            succeeded: false,
+            retry_after,
+            gone,
+        }
+    }
+
+    #[test]
+    fn schedule_then_dead() {
+        let s = settings();
+        let t = Timestamp(1_000);
+        assert_eq!(
+            next_attempt(t, 1, &failed(None, false), &s),
+            Some(Timestamp(6_000))
+        );
+        assert_eq!(
+            next_attempt(t, 2, &failed(None, false), &s),
+            Some(Timestamp(301_000))
+        );
+        assert_eq!(next_attempt(t, 3, &failed(None, false), &s), None);
+        assert_eq!(
+            next_attempt(t, 1, &failed(None, true), &s),
+            None,
+            "410 stops"
+        );
+        assert_eq!(
+            next_attempt(t, 1, &failed(Some(Duration::from_secs(30)), false), &s),
+            Some(Timestamp(31_000)),
+            "Retry-After honoured"
+        );
+        assert_eq!(
+            next_attempt(t, 1, &failed(Some(Duration::from_secs(9999)), false), &s),
+            Some(Timestamp(61_000)),
+            "and clamped"
+        );
+    }
+
+    #[test]
+    fn event_is_stable_and_complete() {
+        let mut run = Run::accepted(
+            RunId::new(),
+            "gh",
+            "slate",
+            "wf",
+            json!({"a":1}),
+            Some("d-1".into()),
+            Timestamp(1_000),
+            Timestamp(99_000),
+        );
+        run.finish(
+            Timestamp(5_000),
+            Observation {
+                status: RunStatus::Succeeded,
+                raw_status: Some("COMPLETED".into()),
+                output: Some(json!({"x":1})),
+                error: None,
+            },
+            &["http://r".into()],
+        );
+        let a = event_body(&run);
+        assert_eq!(a, event_body(&run));
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["type"], "run.succeeded");
+        assert_eq!(v["data"]["raw_status"], "COMPLETED");
+        assert_eq!(v["data"]["delivery_id"], "d-1");
+        assert_eq!(v["data"]["output"]["x"], 1);
+    }
+}

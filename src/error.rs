@@ -1,0 +1,81 @@
+//! The one place errors become HTTP responses: a status code and a JSON body
+//! `{"error": <code>, "message": <text>}` that says what is wrong.
+
+use crate::ingress::IngressError;
+use crate::store::StoreError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Every error an HTTP handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Ingress(#[from] IngressError),
+    #[error("missing or invalid admin token")]
+    AdminUnauthorized,
+    #[error("the admin API is disabled; set server.admin_token")]
+    AdminDisabled,
+    #[error("no run with id {0:?}")]
+    RunNotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Ingress(e) => match e {
+                IngressError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
+                IngressError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                IngressError::PayloadTooLarge(_) => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                }
+                IngressError::UnsupportedMediaType(_) => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                }
+                IngressError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+                IngressError::MissingInput(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "missing_input")
+                }
+                IngressError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            },
+            ApiError::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
+            ApiError::RunNotFound(_) => (StatusCode::NOT_FOUND, "run_not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match code {
+            // Backend details go to the log, not to the caller.
+            "storage_unavailable" => {
+                tracing::error!(error = %self, "storage error while answering a request");
+                "storage is unavailable; retry later".to_string()
+            }
+            _ => self.to_string(),
+        };
+        let mut resp = (status, Json(json!({ "error": code, "message": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            if let Ok(v) = "Bearer".parse() {
+                resp.headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Ok(v) = "1".parse() {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}

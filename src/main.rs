@@ -1,0 +1,151 @@
+//! The `runbridge` command: `serve` and `check-config`.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use runbridge::config::Settings;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "runbridge",
+    version,
+    about = "Bridges verified webhooks to durable workflow runs and signed callbacks"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RUNBRIDGE_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Configuration file (TOML); RUNBRIDGE__SECTION__KEY variables override it.
+        #[arg(
+            long,
+            short,
+            default_value = "config/runbridge.toml",
+            env = "RUNBRIDGE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Check a configuration and print every problem with its key path.
+    CheckConfig {
+        #[arg(
+            long,
+            short,
+            default_value = "config/runbridge.toml",
+            env = "RUNBRIDGE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNBRIDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(config: &PathBuf) -> Result<Settings, ExitCode> {
+    Settings::load(config).map_err(|e| {
+        eprintln!(
+            "{}: configuration has {} problem(s):",
+            config.display(),
+            e.0.len()
+        );
+        for p in &e.0 {
+            eprintln!("  {p}");
+        }
+        ExitCode::from(1)
+    })
+}
+
+async fn signalled() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(&config) {
+            Ok(s) => {
+                println!(
+                    "{}: ok ({} provider(s), {} route(s))",
+                    config.display(),
+                    s.providers.len(),
+                    s.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config } => {
+            init_logging(cli.log_format);
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                let trigger = shutdown.clone();
+                tokio::spawn(async move {
+                    signalled().await;
+                    tracing::info!("signal received");
+                    trigger.cancel();
+                });
+                let ready = |addr| {
+                    let mut out = std::io::stdout();
+                    let _ = writeln!(out, "listening on {addr}");
+                    let _ = out.flush();
+                };
+                match runbridge::app::run(settings, shutdown, ready).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %e, "runbridge stopped");
+                        eprintln!("runbridge: {e}");
+                        ExitCode::from(1)
+                    }
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Drives every unfinished run: claims due runs from the store's due index,
+//! works on each (start, poll, or deliver callbacks) with bounded
+//! concurrency, and persists every transition before moving on.
+//!
+//! Idle means asleep until the earliest due time or a wake-up (a new run, a
+//! finished step). A restart needs no recovery pass: every unfinished run,
+//! including one whose start was in flight, still has its due entry.
+
+use crate::backoff;
+use crate::config::{RouteSettings, SchedulerSettings};
+use crate::delivery;
+use crate::providers::{PollRequest, ProviderError, StartRequest};
+use crate::run::{Observation, Phase, Run, RunId, RunStatus};
+use crate::store::Store;
+use crate::time::Timestamp;
+use crate::topology::SharedTopology;
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Longest a provider's `Retry-After` may push a retry out.
+const MAX_PROVIDER_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Longest the loop sleeps without looking at the due index again.
+const MAX_IDLE: Duration = Duration::from_secs(5);
+
+/// The scheduler. Cheap to share; [`Scheduler::run`] is its loop.
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    topology: SharedTopology,
+    client: reqwest::Client,
+    wake: Arc<Notify>,
+    in_flight: Mutex<HashSet<RunId>>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl Scheduler {
+    /// A scheduler over `store`; `wake` is notified by whoever adds due work.
+    pub fn new(
+        store: Arc<dyn Store>,
+        topology: SharedTopology,
+        client: reqwest::Client,
+        wake: Arc<Notify>,
+    ) -> Arc<Self> {
+        let concurrency = topology.load().settings.scheduler.concurrency;
+        Arc::new(Scheduler {
+            store,
+            topology,
+            client,
+            wake,
+            in_flight: Mutex::new(HashSet::new()),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Claims and works due runs until `cancel` fires. In-flight steps are
+    /// left to finish; await [`Scheduler::drain`] for them.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let now = Timestamp::now();
+            let free = self.permits.available_permits();
+            let mut launched = 0;
+            if free > 0 {
+                match self.claim(now, free) {
+                    Ok(ids) => {
+                        for id in ids {
+                            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                                self.release(id);
+                                break;
+                            };
+                            launched += 1;
+                            let me = self.clone();
+                            self.tracker.spawn(async move {
+                                me.step(id).await;
+                                drop(permit);
+                                me.release(id);
+                                me.wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "reading the due index failed"),
+                }
+            }
+            if launched > 0 && launched == free {
+                // Saturated: the next wake-up comes from a finished step.
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = cancel.cancelled() => break,
+                }
+                continue;
+            }
+            let sleep = self.idle_time(now);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
+                _ = cancel.cancelled() => break,
+            }
+        }
+    }
+
+    /// Waits for in-flight steps, at most `limit`. Returns whether all finished.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    fn claim(&self, now: Timestamp, limit: usize) -> Result<Vec<RunId>, crate::store::StoreError> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = self.store.due(now, limit, &|id| in_flight.contains(&id))?;
+        in_flight.extend(ids.iter().map(|(_, id)| *id));
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
+    }
+
+    fn release(&self, id: RunId) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Time until the earliest due run that is not already being worked on.
+    fn idle_time(&self, now: Timestamp) -> Duration {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match self
+            .store
+            .due(Timestamp(u64::MAX), 1, &|id| in_flight.contains(&id))
+        {
+            Ok(next) => next
+                .first()
+                .map(|(at, _)| at.since(now).min(MAX_IDLE))
+                .unwrap_or(MAX_IDLE),
+            Err(_) => MAX_IDLE,
+        }
+    }
+
+    /// One unit of work on one run, persisted before returning.
+    async fn step(&self, id: RunId) {
+        let run = match self.store.get_run(id) {
+            Ok(Some(run)) => run,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(run_id = %id, error = %e, "cannot load run");
+                return;
+            }
+        };
+        let result = match run.phase {
+            Phase::Accepted | Phase::Starting => self.start(run).await,
+            Phase::Tracking => self.poll(run).await,
+            Phase::Terminal => self.deliver(run).await,
+            Phase::Done => {
+                // A stale due entry: clear it.
+                let mut run = run;
+                run.due_at = None;
+                self.store.save_run(&run).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(run_id = %id, error = %e, "cannot persist run; it will be retried");
+        }
+    }
+
+    fn callbacks(route: Option<&RouteSettings>) -> Vec<String> {
+        route
+            .map(|r| r.callbacks.iter().map(|c| c.url.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn retry_at(
+        &self,
+        s: &SchedulerSettings,
+        run: &Run,
+        now: Timestamp,
+        retry_after: Option<Duration>,
+    ) -> Timestamp {
+        let ours = backoff::exponential(run.failures + 1, s.retry_base, s.retry_max, 0.2);
+        now.plus(backoff::honour_retry_after(
+            ours,
+            retry_after,
+            MAX_PROVIDER_RETRY_AFTER,
+        ))
+    }
+
+    /// The next poll: `poll_interval` at first, growing linearly with the
+    /// run's age past `poll_slowdown_after`, capped at `max_poll_interval`.
+    fn next_poll(s: &SchedulerSettings, run: &Run, now: Timestamp) -> Timestamp {
+        let age = now.since(run.started_at.unwrap_or(run.created_at));
+        let factor = (age.as_secs_f64() / s.poll_slowdown_after.as_secs_f64()).max(1.0);
+        let interval = s.poll_interval.mul_f64(factor).min(s.max_poll_interval);
+        now.plus(backoff::spread(interval, 0.1))
+    }
+
+    async fn start(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
+        let topo = self.topology.load();
+        let s = &topo.settings.scheduler;
+        let route = topo.settings.routes.get(&run.route);
+        let now = Timestamp::now();
+        if now >= run.deadline {
+            let limit = run.deadline.since(run.created_at);
+            run.time_out(now, limit, &Self::callbacks(route));
+            tracing::warn!(run_id = %run.id, "run timed out before it could start");
+            return self.store.save_run(&run).await;
+        }
+        let Some(provider) = topo.providers.get(&run.provider).cloned() else {
+            let at = self.retry_at(s, &run, now, None);
+            run.failed_call(
+                now,
+                format!("provider {:?} is not configured", run.provider),
+                at,
+            );
+            return self.store.save_run(&run).await;
+        };
+        // Persist the intent first: after a crash the start is repeated with
+        // the same idempotency key, never skipped.
+        let guard = self.retry_at(s, &run, now, None);
+        run.begin_start(now, guard);
+        self.store.save_run(&run).await?;
+
+        let req = StartRequest {
+            run_id: run.id,
+            workflow_id: &run.workflow_id,
+            inputs: &run.inputs,
+        };
+        let result = provider.start(req).await;
+        let now = Timestamp::now();
+        match result {
+            Ok(started) => {
+                tracing::info!(run_id = %run.id, vendor_run_id = %started.vendor_run_id, "run started");
+                let next = Self::next_poll(s, &run, now);
+                run.started(now, started.vendor_run_id, started.observation, next);
+            }
+            Err(ProviderError::Transient {
+                detail,
+                retry_after,
+            }) => {
+                tracing::warn!(run_id = %run.id, error = %detail, "start failed, will retry");
+                let at = self.retry_at(s, &run, now, retry_after);
+                run.failed_call(now, detail, at);
+            }
+            Err(ProviderError::Rejected { status, body }) => {
+                tracing::warn!(run_id = %run.id, http_status = status, "vendor rejected the start");
+                let error = json!({
+                    "code": "START_REJECTED",
+                    "message": format!("the provider refused to start the run (HTTP {status})"),
+                    "http_status": status,
+                    "vendor_error": body,
+                });
+                let obs = Observation {
+                    status: RunStatus::Failed,
+                    raw_status: None,
+                    output: None,
+                    error: Some(error),
+                };
+                run.finish(now, obs, &Self::callbacks(route));
+            }
+        }
+        self.store.save_run(&run).await
+    }
+
+    async fn poll(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
+        let topo = self.topology.load();
+        let s = &topo.settings.scheduler;
+        let callbacks = Self::callbacks(topo.settings.routes.get(&run.route));
+        let now = Timestamp::now();
+        if now >= run.deadline {
+            let limit = run.deadline.since(run.created_at);
+            tracing::warn!(run_id = %run.id, "run timed out");
+            run.time_out(now, limit, &callbacks);
+            return self.store.save_run(&run).await;
+        }
+        let (Some(provider), Some(vendor_id)) = (
+            topo.providers.get(&run.provider).cloned(),
+            run.vendor_run_id.clone(),
+        ) else {
+            let at = self.retry_at(s, &run, now, None);
+            run.failed_call(
+                now,
+                format!("provider {:?} is not configured", run.provider),
+                at,
+            );
+            return self.store.save_run(&run).await;
+        };
+        let req = PollRequest {
+            workflow_id: &run.workflow_id,
+            vendor_run_id: &vendor_id,
+        };
+        let result = provider.poll(req).await;
+        let now = Timestamp::now();
+        match result {
+            Ok(obs) => {
+                if obs.status.is_terminal() {
+                    tracing::info!(run_id = %run.id, status = obs.status.as_str(), "run finished");
+                }
+                let next = Self::next_poll(s, &run, now);
+                run.observed(now, obs, next, &callbacks);
+            }
+            Err(ProviderError::Transient {
+                detail,
+                retry_after,
+            }) => {
+                let at = self.retry_at(s, &run, now, retry_after);
+                run.failed_call(now, detail, at);
+            }
+            Err(ProviderError::Rejected {
+                status: status @ (404 | 410),
+                body,
+            }) => {
+                let obs = Observation {
+                    status: RunStatus::Failed,
+                    raw_status: run.raw_status.clone(),
+                    output: None,
+                    error: Some(json!({
+                        "code": "VENDOR_RUN_NOT_FOUND",
+                        "message": format!("the provider no longer knows this run (HTTP {status})"),
+                        "vendor_error": body,
+                    })),
+                };
+                run.finish(now, obs, &callbacks);
+            }
+            Err(ProviderError::Rejected { status, .. }) => {
+                // 401/403 and the like: credentials may be fixed by a reload;
+                // keep trying with backoff until the run times out.
+                tracing::error!(run_id = %run.id, http_status = status, "vendor refused a status check");
+                let at = self.retry_at(s, &run, now, None);
+                run.failed_call(now, format!("status check refused with HTTP {status}"), at);
+            }
+        }
+        self.store.save_run(&run).await
+    }
+
+    async fn deliver(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
+        let topo = self.topology.load();
+        let ds = topo.settings.delivery.clone();
+        let route = topo.settings.routes.get(&run.route);
+        let now = Timestamp::now();
+        let body = delivery::event_body(&run);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, d) in run.deliveries.iter().enumerate() {
+            if !d.is_due(now) {
+                continue;
+            }
+            let key = route
+                .and_then(|r| r.callbacks.iter().find(|c| c.url == d.url))
+                .map(|c| c.key.clone());
+            let (client, url, id, body, timeout) = (
+                self.client.clone(),
+                d.url.clone(),
+                d.webhook_id.clone(),
+                body.clone(),
+                ds.timeout,
+            );
+            tasks.spawn(async move {
+                let outcome = match key {
+                    Some(key) => {
+                        Some(delivery::attempt(&client, &url, &key, &id, body, timeout).await)
+                    }
+                    None => None,
+                };
+                (i, outcome)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((i, outcome)) = joined else { continue };
+            let now = Timestamp::now();
+            let Some(d) = run.deliveries.get_mut(i) else {
+                continue;
+            };
+            match outcome {
+                Some(o) => {
+                    let next = if o.succeeded {
+                        None
+                    } else {
+                        delivery::next_attempt(now, d.attempts.len() + 1, &o, &ds)
+                    };
+                    if o.succeeded {
+                        tracing::info!(run_id = %run.id, url = %d.url, "callback delivered");
+                    } else if next.is_none() {
+                        tracing::warn!(run_id = %run.id, url = %d.url, "callback dead after last attempt");
+                    }
+                    d.record(o.attempt, o.succeeded, next);
+                }
+                None => {
+                    let attempt = crate::run::Attempt {
+                        at: now,
+                        duration_ms: 0,
+                        status_code: None,
+                        error: Some("callback is no longer configured for this route".into()),
+                        response: None,
+                    };
+                    d.record(attempt, false, None);
+                }
+            }
+        }
+        run.settle_deliveries(Timestamp::now());
+        self.store.save_run(&run).await
+    }
+}

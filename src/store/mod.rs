@@ -1,0 +1,88 @@
+//! Durable records: runs, dedupe keys and the due index.
+//!
+//! [`Store`] is the seam for other backends (a shared database later); the
+//! embedded default is [`sled::SledStore`]. Nothing outside this module sees
+//! a backend type. Writes resolve only once durable, so a caller may
+//! acknowledge what a write covers as soon as it returns.
+
+pub mod sled;
+
+use crate::run::{Run, RunId, RunStatus};
+use crate::time::Timestamp;
+use async_trait::async_trait;
+
+/// A delivery id remembered for a route until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeKey {
+    pub route: String,
+    pub delivery_id: String,
+    pub expires_at: Timestamp,
+}
+
+/// Result of [`Store::create_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The run is now durable.
+    New,
+    /// The dedupe key already belongs to this (durable) run; nothing was written.
+    Duplicate(RunId),
+}
+
+/// Storage failures. Their text never contains record contents.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    #[error("storage is shutting down")]
+    Closed,
+    #[error("stored record {0} could not be decoded")]
+    Corrupt(String),
+}
+
+/// Filter for [`Store::list_runs`], newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub route: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only runs older than this id (the previous page's last id).
+    pub before: Option<RunId>,
+    pub limit: usize,
+}
+
+/// What runbridge needs from durable storage.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Persists a new run and its due entry, unless `dedupe` names a live
+    /// delivery id, in which case the existing run id is returned. Resolves
+    /// once the outcome is durable.
+    async fn create_run(&self, run: &Run, dedupe: Option<DedupeKey>)
+        -> Result<Created, StoreError>;
+
+    /// Persists a transition: the record and its due entry (`run.due_at`)
+    /// replace the previous ones. Resolves once durable.
+    async fn save_run(&self, run: &Run) -> Result<(), StoreError>;
+
+    /// One run.
+    fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError>;
+
+    /// Runs matching a query, newest first.
+    fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError>;
+
+    /// Up to `limit` runs due at or before `until`, earliest first, leaving
+    /// out those `skip` says are already being worked on.
+    fn due(
+        &self,
+        until: Timestamp,
+        limit: usize,
+        skip: &dyn Fn(RunId) -> bool,
+    ) -> Result<Vec<(Timestamp, RunId)>, StoreError>;
+
+    /// The earliest due time, if any run is unfinished.
+    fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Number of unfinished runs (a scan: for start-up and benchmarks).
+    fn unfinished(&self) -> Result<usize, StoreError>;
+
+    /// Makes everything written so far durable and stops accepting writes.
+    async fn close(&self) -> Result<(), StoreError>;
+}
