@@ -211,6 +211,29 @@ impl Delivery {
     }
 }
 
+/// What a trigger asks for: the parts of a run fixed at acceptance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub route: String,
+    pub provider: String,
+    pub workflow_id: String,
+    pub inputs: Value,
+    pub delivery_id: Option<String>,
+}
+
+impl RunSpec {
+    /// A spec for tests and benchmarks: route `r`, provider `p`, workflow `wf`.
+    pub fn example() -> Self {
+        RunSpec {
+            route: "r".into(),
+            provider: "p".into(),
+            workflow_id: "wf".into(),
+            inputs: Value::Object(Default::default()),
+            delivery_id: None,
+        }
+    }
+}
+
 /// The durable record of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
@@ -248,23 +271,14 @@ pub struct Run {
 
 impl Run {
     /// A freshly accepted run, due immediately.
-    pub fn accepted(
-        id: RunId,
-        route: &str,
-        provider: &str,
-        workflow_id: &str,
-        inputs: Value,
-        delivery_id: Option<String>,
-        now: Timestamp,
-        deadline: Timestamp,
-    ) -> Self {
+    pub fn accepted(id: RunId, spec: RunSpec, now: Timestamp, deadline: Timestamp) -> Self {
         Run {
             id,
-            route: route.to_string(),
-            provider: provider.to_string(),
-            workflow_id: workflow_id.to_string(),
-            inputs,
-            delivery_id,
+            route: spec.route,
+            provider: spec.provider,
+            workflow_id: spec.workflow_id,
+            inputs: spec.inputs,
+            delivery_id: spec.delivery_id,
             phase: Phase::Accepted,
             status: RunStatus::Queued,
             raw_status: None,
@@ -425,7 +439,6 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn obs(status: RunStatus, raw: &str) -> Observation {
         Observation {
@@ -438,16 +451,11 @@ mod tests {
 
     fn run() -> Run {
         let t = Timestamp(1_000);
-        Run::accepted(
-            RunId::new(),
-            "r",
-            "p",
-            "wf",
-            json!({}),
-            Some("d1".into()),
-            t,
-            Timestamp(100_000),
-        )
+        let spec = RunSpec {
+            delivery_id: Some("d1".into()),
+            ..RunSpec::example()
+        };
+        Run::accepted(RunId::new(), spec, t, Timestamp(100_000))
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub fn next_attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{Observation, RunId, RunStatus};
+    use crate::run::{Observation, RunId, RunSpec, RunStatus};
 
     fn settings() -> DeliverySettings {
         DeliverySettings {
@@ -221,16 +221,14 @@ mod tests {
 
     #[test]
     fn event_is_stable_and_complete() {
-        let mut run = Run::accepted(
-            RunId::new(),
-            "gh",
-            "slate",
-            "wf",
-            json!({"a":1}),
-            Some("d-1".into()),
-            Timestamp(1_000),
-            Timestamp(99_000),
-        );
+        let spec = RunSpec {
+            route: "gh".into(),
+            provider: "slate".into(),
+            workflow_id: "wf".into(),
+            inputs: json!({"a": 1}),
+            delivery_id: Some("d-1".into()),
+        };
+        let mut run = Run::accepted(RunId::new(), spec, Timestamp(1_000), Timestamp(99_000));
         run.finish(
             Timestamp(5_000),
             Observation {

@@ -6,7 +6,7 @@ pub mod map;
 pub mod verify;
 
 use crate::config::{RouteSettings, Settings, VerifySettings};
-use crate::run::{Run, RunId};
+use crate::run::{Run, RunId, RunSpec};
 use crate::store::{Created, DedupeKey, Store, StoreError};
 use crate::time::Timestamp;
 
@@ -86,16 +86,14 @@ pub async fn accept(
     });
     let id = RunId::new();
     let deadline = now.plus(settings.run_timeout(route));
-    let run = Run::accepted(
-        id,
-        route_name,
-        &route.provider,
-        &route.workflow_id,
+    let spec = RunSpec {
+        route: route_name.to_string(),
+        provider: route.provider.clone(),
+        workflow_id: route.workflow_id.clone(),
         inputs,
         delivery_id,
-        now,
-        deadline,
-    );
+    };
+    let run = Run::accepted(id, spec, now, deadline);
     match store.create_run(&run, dedupe).await? {
         Created::New => Ok(Accepted {
             run_id: id,

@@ -118,10 +118,10 @@ mod tests {
             ),
         ]);
         let body = br#"{"test": 2432232314}"#;
-        assert!(verify(&v, &hdrs, body, Timestamp(1614265330_000 + 60_000)).is_ok());
-        let late = verify(&v, &hdrs, body, Timestamp(1614265330_000 + 301_000)).unwrap_err();
+        assert!(verify(&v, &hdrs, body, Timestamp(1_614_265_330_000 + 60_000)).is_ok());
+        let late = verify(&v, &hdrs, body, Timestamp(1_614_265_330_000 + 301_000)).unwrap_err();
         assert!(late.to_string().contains("tolerance"));
-        assert!(verify(&v, &hdrs, br#"{"test": 1}"#, Timestamp(1614265330_000)).is_err());
+        assert!(verify(&v, &hdrs, br#"{"test": 1}"#, Timestamp(1_614_265_330_000)).is_err());
     }
 
     #[test]

@@ -383,17 +383,12 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Phase;
-    use serde_json::json;
+    use crate::run::{Phase, RunSpec};
 
     fn run_at(now: u64) -> Run {
         Run::accepted(
             RunId::new(),
-            "r",
-            "p",
-            "wf",
-            json!({}),
-            None,
+            RunSpec::example(),
             Timestamp(now),
             Timestamp(now + 1_000_000),
         )
