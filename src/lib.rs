@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod error;
 pub mod ingress;
 pub mod providers;
+pub mod receiver;
 pub mod run;
 pub mod scheduler;
 pub mod secret;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use runbridge::config::Settings;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -50,13 +50,24 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Receive callbacks, verify their signatures and print them (demos, debugging).
+    Receive {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
+        /// The callback's whsec_ secret.
+        #[arg(long, env = "RUNBRIDGE_RECEIVE_SECRET")]
+        secret: String,
+    },
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNBRIDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -64,7 +75,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(config: &PathBuf) -> Result<Settings, ExitCode> {
+fn load(config: &Path) -> Result<Settings, ExitCode> {
     Settings::load(config).map_err(|e| {
         eprintln!(
             "{}: configuration has {} problem(s):",
@@ -108,6 +119,32 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Receive { listen, secret } => {
+            let key = match runbridge::signing::WebhookKey::parse(&secret) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("--secret {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(runbridge::receiver::serve(listen, key)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot listen on {listen}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve { config } => {
             init_logging(cli.log_format);
             let settings = match load(&config) {

@@ -89,8 +89,9 @@ impl Scheduler {
                     Err(e) => tracing::error!(error = %e, "reading the due index failed"),
                 }
             }
-            if launched > 0 && launched == free {
-                // Saturated: the next wake-up comes from a finished step.
+            if free == 0 || launched == free {
+                // Saturated: the next wake-up comes from a finished step
+                // (Notify keeps a permit, so none is lost).
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = cancel.cancelled() => break,
