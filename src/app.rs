@@ -78,7 +78,7 @@ async fn hook(
 ) -> Result<Response, ApiError> {
     let topo = st.topology.load_full();
     if !topo.settings.routes.contains_key(&route) {
-        return Err(IngressError::RouteNotFound(route).into());
+        return Ok(unread_body(IngressError::RouteNotFound(route)));
     }
     let limit = topo.settings.server.body_limit;
     let declared = headers
@@ -86,12 +86,12 @@ async fn hook(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(IngressError::PayloadTooLarge(limit).into());
+        return Ok(unread_body(IngressError::PayloadTooLarge(limit)));
     }
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(IngressError::PayloadTooLarge(limit).into())
+            return Ok(unread_body(IngressError::PayloadTooLarge(limit)));
         }
         Err(e) => {
             return Err(ApiError::BadRequest(format!(
@@ -118,6 +118,17 @@ async fn hook(
     let status_url = format!("/runs/{}", accepted.run_id);
     let body = json!({ "run_id": accepted.run_id.to_string(), "status_url": status_url });
     Ok((status, [(header::LOCATION, status_url)], Json(body)).into_response())
+}
+
+/// An early rejection that leaves the request body unread: hyper will close
+/// the connection, so say so and the client won't reuse it for a next request.
+fn unread_body(e: IngressError) -> Response {
+    let mut resp = ApiError::from(e).into_response();
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 async fn healthz() -> Json<serde_json::Value> {

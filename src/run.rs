@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Mutex;
 use ulid::Ulid;
 
 /// Our id for a run: a ULID, so ids sort by creation time (store keys, admin
@@ -19,9 +20,14 @@ use ulid::Ulid;
 pub struct RunId(Ulid);
 
 impl RunId {
-    /// A fresh id for the current instant.
+    /// A fresh id for the current instant, strictly greater than every id
+    /// this process made before (monotonic within a millisecond).
     pub fn new() -> Self {
-        RunId(Ulid::new())
+        static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+        let mut guard = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+        let generator = guard.get_or_insert_with(ulid::Generator::new);
+        // Overflow needs 2^80 ids in one millisecond; fall back to a random one.
+        RunId(generator.generate().unwrap_or_else(|_| Ulid::new()))
     }
 
     /// The 16 big-endian bytes used as a store key (time-ordered).
