@@ -921,6 +921,10 @@ mod tests {
             r.inputs[0].name, "brandDomain",
             "input names keep their case"
         );
+        assert_eq!(
+            r.inputs[1].source,
+            InputSource::Value(serde_json::json!({"camelCase": 1}))
+        );
         assert!(matches!(r.verify, VerifySettings::Github { .. }));
         assert_eq!(s.scheduler.poll_interval, Duration::from_secs(5));
         let dbg = format!("{s:?}");

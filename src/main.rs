@@ -27,29 +27,24 @@ enum LogFormat {
     Json,
 }
 
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML); RUNBRIDGE__SECTION__KEY variables override it.
+    #[arg(
+        long,
+        short,
+        default_value = "config/runbridge.toml",
+        env = "RUNBRIDGE_CONFIG"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
-    Serve {
-        /// Configuration file (TOML); RUNBRIDGE__SECTION__KEY variables override it.
-        #[arg(
-            long,
-            short,
-            default_value = "config/runbridge.toml",
-            env = "RUNBRIDGE_CONFIG"
-        )]
-        config: PathBuf,
-    },
+    Serve(ConfigArg),
     /// Check a configuration and print every problem with its key path.
-    CheckConfig {
-        #[arg(
-            long,
-            short,
-            default_value = "config/runbridge.toml",
-            env = "RUNBRIDGE_CONFIG"
-        )]
-        config: PathBuf,
-    },
+    CheckConfig(ConfigArg),
     /// Receive callbacks, verify their signatures and print them (demos, debugging).
     Receive {
         /// Address to listen on.
@@ -107,7 +102,7 @@ async fn signalled() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match load(&config) {
+        Command::CheckConfig(ConfigArg { config }) => match load(&config) {
             Ok(s) => {
                 println!(
                     "{}: ok ({} provider(s), {} route(s))",
@@ -145,7 +140,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { config } => {
+        Command::Serve(ConfigArg { config }) => {
             init_logging(cli.log_format);
             let settings = match load(&config) {
                 Ok(s) => s,

@@ -200,25 +200,42 @@ impl Scheduler {
         now.plus(backoff::spread(interval, 0.1))
     }
 
+    /// Ends the run as `timed_out` if its deadline has passed.
+    fn expire(run: &mut Run, now: Timestamp, callbacks: &[String]) -> bool {
+        if now < run.deadline {
+            return false;
+        }
+        let limit = run.deadline.since(run.created_at);
+        tracing::warn!(run_id = %run.id, phase = ?run.phase, "run timed out");
+        run.time_out(now, limit, callbacks);
+        true
+    }
+
+    /// The run's provider is gone from the config (a reload may bring it
+    /// back): retry with backoff until the run times out.
+    async fn provider_missing(
+        &self,
+        s: &SchedulerSettings,
+        mut run: Run,
+        now: Timestamp,
+    ) -> Result<(), crate::store::StoreError> {
+        let at = self.retry_at(s, &run, now, None);
+        let error = format!("provider {:?} is not configured", run.provider);
+        tracing::error!(run_id = %run.id, %error, "cannot work on run");
+        run.failed_call(now, error, at);
+        self.store.save_run(&run).await
+    }
+
     async fn start(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
         let route = topo.settings.routes.get(&run.route);
         let now = Timestamp::now();
-        if now >= run.deadline {
-            let limit = run.deadline.since(run.created_at);
-            run.time_out(now, limit, &Self::callbacks(route));
-            tracing::warn!(run_id = %run.id, "run timed out before it could start");
+        if Self::expire(&mut run, now, &Self::callbacks(route)) {
             return self.store.save_run(&run).await;
         }
         let Some(provider) = topo.providers.get(&run.provider).cloned() else {
-            let at = self.retry_at(s, &run, now, None);
-            run.failed_call(
-                now,
-                format!("provider {:?} is not configured", run.provider),
-                at,
-            );
-            return self.store.save_run(&run).await;
+            return self.provider_missing(s, run, now).await;
         };
         // Persist the intent first: after a crash the start is repeated with
         // the same idempotency key, never skipped.
@@ -272,23 +289,14 @@ impl Scheduler {
         let s = &topo.settings.scheduler;
         let callbacks = Self::callbacks(topo.settings.routes.get(&run.route));
         let now = Timestamp::now();
-        if now >= run.deadline {
-            let limit = run.deadline.since(run.created_at);
-            tracing::warn!(run_id = %run.id, "run timed out");
-            run.time_out(now, limit, &callbacks);
+        if Self::expire(&mut run, now, &callbacks) {
             return self.store.save_run(&run).await;
         }
         let (Some(provider), Some(vendor_id)) = (
             topo.providers.get(&run.provider).cloned(),
             run.vendor_run_id.clone(),
         ) else {
-            let at = self.retry_at(s, &run, now, None);
-            run.failed_call(
-                now,
-                format!("provider {:?} is not configured", run.provider),
-                at,
-            );
-            return self.store.save_run(&run).await;
+            return self.provider_missing(s, run, now).await;
         };
         let req = PollRequest {
             workflow_id: &run.workflow_id,
