@@ -174,7 +174,7 @@ pub async fn run(
             .await
             .map_err(|e| crate::store::StoreError::Backend(e.to_string()))??,
     );
-    let unfinished = store.unfinished()?;
+    let unfinished = store.unfinished_at_open();
     let client = http_client()?;
     let server = settings.server.clone();
     let topology = topology::shared(Topology::new(settings, &client));

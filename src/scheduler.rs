@@ -71,15 +71,15 @@ impl Scheduler {
             if free > 0 {
                 match self.claim(now, free) {
                     Ok(ids) => {
-                        for id in ids {
+                        for (at, id) in ids {
                             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                                 self.release(id);
-                                break;
+                                continue;
                             };
                             launched += 1;
                             let me = self.clone();
                             self.tracker.spawn(async move {
-                                me.step(id).await;
+                                me.step(at, id).await;
                                 drop(permit);
                                 me.release(id);
                                 me.wake.notify_one();
@@ -115,11 +115,20 @@ impl Scheduler {
             .is_ok()
     }
 
-    fn claim(&self, now: Timestamp, limit: usize) -> Result<Vec<RunId>, crate::store::StoreError> {
+    fn claim(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, RunId)>, crate::store::StoreError> {
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let ids = self.store.due(now, limit, &|id| in_flight.contains(&id))?;
-        in_flight.extend(ids.iter().map(|(_, id)| *id));
-        Ok(ids.into_iter().map(|(_, id)| id).collect())
+        let mut claimed = Vec::with_capacity(limit);
+        for (at, id) in self.store.due(now, limit, &|id| in_flight.contains(&id))? {
+            // A run can have a second, stale entry; claim it once.
+            if in_flight.insert(id) {
+                claimed.push((at, id));
+            }
+        }
+        Ok(claimed)
     }
 
     fn release(&self, id: RunId) {
@@ -144,26 +153,26 @@ impl Scheduler {
         }
     }
 
-    /// One unit of work on one run, persisted before returning.
-    async fn step(&self, id: RunId) {
+    /// One unit of work on one run (claimed through its due entry at `at`),
+    /// persisted before returning.
+    async fn step(&self, at: Timestamp, id: RunId) {
         let run = match self.store.get_run(id) {
-            Ok(Some(run)) => run,
-            Ok(None) => return,
+            Ok(run) => run,
             Err(e) => {
                 tracing::error!(run_id = %id, error = %e, "cannot load run");
                 return;
             }
         };
-        let result = match run.phase {
-            Phase::Accepted | Phase::Starting => self.start(run).await,
-            Phase::Tracking => self.poll(run).await,
-            Phase::Terminal => self.deliver(run).await,
-            Phase::Done => {
-                // A stale due entry: clear it.
-                let mut run = run;
-                run.due_at = None;
-                self.store.save_run(&run).await
-            }
+        let result = match run {
+            // An entry a crash left behind; the run's own entry is elsewhere.
+            None => self.store.forget_due(at, id).await,
+            Some(run) if run.due_at != Some(at) => self.store.forget_due(at, id).await,
+            Some(run) => match run.phase {
+                Phase::Accepted | Phase::Starting => self.start(run).await,
+                Phase::Tracking => self.poll(run).await,
+                Phase::Terminal => self.deliver(run).await,
+                Phase::Done => self.store.forget_due(at, id).await,
+            },
         };
         if let Err(e) = result {
             tracing::error!(run_id = %id, error = %e, "cannot persist run; it will be retried");

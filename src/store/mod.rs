@@ -80,8 +80,12 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest due time, if any run is unfinished.
     fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
 
-    /// Number of unfinished runs (a scan: for start-up and benchmarks).
-    fn unfinished(&self) -> Result<usize, StoreError>;
+    /// Unfinished runs found when the store was opened (the runs a restart resumes).
+    fn unfinished_at_open(&self) -> usize;
+
+    /// Drops a due entry that no longer matches its run (left by a crash
+    /// between the writes of one transition).
+    async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError>;
 
     /// Makes everything written so far durable and stops accepting writes.
     async fn close(&self) -> Result<(), StoreError>;

@@ -13,12 +13,10 @@
 //! deadlocks when several run concurrently (sled #1308), and is not used.
 
 use super::{Created, DedupeKey, RunQuery, Store, StoreError};
-use crate::run::{Run, RunId};
+use crate::run::{Phase, Run, RunId};
 use crate::time::Timestamp;
 use async_trait::async_trait;
 use serde::Deserialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
@@ -39,6 +37,10 @@ enum Op {
         record: Vec<u8>,
         due: Option<Timestamp>,
     },
+    ForgetDue {
+        at: Timestamp,
+        id: RunId,
+    },
 }
 
 type Reply = oneshot::Sender<Result<Created, StoreError>>;
@@ -55,6 +57,7 @@ pub struct SledStore {
     due: sled::Tree,
     tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    unfinished_at_open: usize,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -87,7 +90,12 @@ impl SledStore {
 
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
         let (flush_tx, flush_rx) = std_mpsc::channel::<Vec<(Reply, Result<Created, StoreError>)>>();
-        let trees = (runs.clone(), dedupe, due.clone());
+        let trees = Trees {
+            runs: runs.clone(),
+            dedupe,
+            due: due.clone(),
+        };
+        let unfinished = trees.repair()?;
         let applier = std::thread::Builder::new()
             .name("store-apply".into())
             .spawn(move || apply_loop(rx, trees, flush_tx))
@@ -103,6 +111,7 @@ impl SledStore {
             due,
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![applier, flusher]),
+            unfinished_at_open: unfinished,
         })
     }
 
@@ -143,12 +152,20 @@ struct DueOnly {
     due_at: Option<Timestamp>,
 }
 
+#[derive(Deserialize)]
+struct RunMeta {
+    id: RunId,
+    phase: Phase,
+    due_at: Option<Timestamp>,
+}
+
 fn apply_loop(
     mut rx: mpsc::UnboundedReceiver<Job>,
-    (runs, dedupe, due): (sled::Tree, sled::Tree, sled::Tree),
+    trees: Trees,
     flush_tx: std_mpsc::Sender<Vec<(Reply, Result<Created, StoreError>)>>,
 ) {
     while let Some(first) = rx.blocking_recv() {
+        let started = std::time::Instant::now();
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -156,91 +173,144 @@ fn apply_loop(
                 Err(_) => break,
             }
         }
-        let outcome = (&runs, &dedupe, &due).transaction(|(runs, dedupe, due)| {
-            let mut results = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                match &job.op {
-                    Op::Create {
-                        id,
-                        record,
-                        due: at,
-                        dedupe: dk,
-                    } => {
-                        if let Some(d) = dk {
-                            let key = dedupe_key(d);
-                            if let Some(v) = dedupe.get(&key)? {
-                                let expires = v
-                                    .get(16..24)
-                                    .and_then(|b| b.try_into().ok())
-                                    .map(u64::from_be_bytes);
-                                let existing = v
-                                    .get(..16)
-                                    .and_then(|b| b.try_into().ok())
-                                    .map(RunId::from_bytes);
-                                if let (Some(exp), Some(existing)) = (expires, existing) {
-                                    if exp > Timestamp::now().0 {
-                                        results.push(Created::Duplicate(existing));
-                                        continue;
-                                    }
-                                }
-                            }
-                            let mut v = Vec::with_capacity(24);
-                            v.extend_from_slice(&id.to_bytes());
-                            v.extend_from_slice(&d.expires_at.0.to_be_bytes());
-                            dedupe.insert(key, v)?;
-                        }
-                        runs.insert(&id.to_bytes(), record.as_slice())?;
-                        if let Some(at) = at {
-                            due.insert(&due_key(*at, *id), &[])?;
-                        }
-                        results.push(Created::New);
-                    }
-                    Op::Save {
-                        id,
-                        record,
-                        due: at,
-                    } => {
-                        let key = id.to_bytes();
-                        if let Some(old) = runs.get(key)? {
-                            if let Ok(DueOnly {
-                                due_at: Some(old_at),
-                            }) = serde_json::from_slice::<DueOnly>(&old)
-                            {
-                                if Some(old_at) != *at {
-                                    due.remove(&due_key(old_at, *id))?;
-                                }
-                            }
-                        }
-                        runs.insert(&key, record.as_slice())?;
-                        if let Some(at) = at {
-                            due.insert(&due_key(*at, *id), &[])?;
-                        }
-                        results.push(Created::New);
-                    }
-                }
-            }
-            Ok::<_, ConflictableTransactionError<()>>(results)
-        });
-        let answers: Vec<(Reply, Result<Created, StoreError>)> = match outcome {
-            Ok(results) => jobs
-                .into_iter()
-                .zip(results)
-                .map(|(j, r)| (j.reply, Ok(r)))
-                .collect(),
-            Err(e) => {
-                let msg = match e {
-                    TransactionError::Storage(s) => s.to_string(),
-                    TransactionError::Abort(()) => "transaction aborted".into(),
-                };
-                tracing::error!(error = %msg, "store write failed");
-                jobs.into_iter()
-                    .map(|j| (j.reply, Err(StoreError::Backend(msg.clone()))))
-                    .collect()
-            }
-        };
+        let answers: Vec<(Reply, Result<Created, StoreError>)> = jobs
+            .into_iter()
+            .map(|job| {
+                let result = trees.apply(&job.op).map_err(|e| {
+                    tracing::error!(error = %e, "store write failed");
+                    backend(e)
+                });
+                (job.reply, result)
+            })
+            .collect();
+        tracing::trace!(
+            writes = answers.len(),
+            apply_us = started.elapsed().as_micros() as u64,
+            "batch applied"
+        );
         if flush_tx.send(answers).is_err() {
             break;
         }
+    }
+}
+
+/// The three trees, written only by the applier thread.
+///
+/// No sled transactions or batches: in sled 0.34 using either once makes
+/// every later read take a global lock, which stalls readers (the scheduler,
+/// the admin API) behind each write. The single applier already serializes
+/// writes; crash consistency comes from the write order instead:
+/// - create: dedupe key, then run, then due entry. A dedupe key whose run is
+///   missing is ignored; a run without its due entry is repaired at open.
+/// - save: new due entry, then run, then removal of the old due entry. A due
+///   entry that disagrees with its run's `due_at` is stale and is dropped
+///   when it comes due ([`Store::forget_due`]).
+#[derive(Clone)]
+struct Trees {
+    runs: sled::Tree,
+    dedupe: sled::Tree,
+    due: sled::Tree,
+}
+
+impl Trees {
+    fn apply(&self, op: &Op) -> sled::Result<Created> {
+        match op {
+            Op::Create {
+                id,
+                record,
+                due: at,
+                dedupe: dk,
+            } => {
+                if let Some(d) = dk {
+                    let key = dedupe_key(d);
+                    if let Some(existing) = self.live_duplicate(&key)? {
+                        return Ok(Created::Duplicate(existing));
+                    }
+                    let mut v = Vec::with_capacity(24);
+                    v.extend_from_slice(&id.to_bytes());
+                    v.extend_from_slice(&d.expires_at.0.to_be_bytes());
+                    self.dedupe.insert(key, v)?;
+                }
+                self.runs.insert(id.to_bytes(), record.as_slice())?;
+                if let Some(at) = at {
+                    self.due.insert(due_key(*at, *id), &[])?;
+                }
+                Ok(Created::New)
+            }
+            Op::Save {
+                id,
+                record,
+                due: at,
+            } => {
+                let key = id.to_bytes();
+                let old_at = self
+                    .runs
+                    .get(key)?
+                    .and_then(|old| serde_json::from_slice::<DueOnly>(&old).ok())
+                    .and_then(|d| d.due_at);
+                if let Some(at) = at {
+                    self.due.insert(due_key(*at, *id), &[])?;
+                }
+                self.runs.insert(key, record.as_slice())?;
+                if let Some(old_at) = old_at.filter(|o| Some(*o) != *at) {
+                    self.due.remove(due_key(old_at, *id))?;
+                }
+                Ok(Created::New)
+            }
+            Op::ForgetDue { at, id } => {
+                self.due.remove(due_key(*at, *id))?;
+                Ok(Created::New)
+            }
+        }
+    }
+
+    /// The run a live, unexpired dedupe key points at, if that run exists.
+    fn live_duplicate(&self, key: &[u8]) -> sled::Result<Option<RunId>> {
+        let Some(v) = self.dedupe.get(key)? else {
+            return Ok(None);
+        };
+        let expires = v
+            .get(16..24)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes);
+        let existing = v
+            .get(..16)
+            .and_then(|b| b.try_into().ok())
+            .map(RunId::from_bytes);
+        match (expires, existing) {
+            (Some(exp), Some(id)) if exp > Timestamp::now().0 => {
+                Ok(self.runs.contains_key(id.to_bytes())?.then_some(id))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Re-creates the due entry of every unfinished run that lacks one (a
+    /// crash between the writes of one operation) and counts unfinished runs.
+    fn repair(&self) -> Result<usize, StoreError> {
+        let mut unfinished = 0;
+        let mut repaired = 0;
+        for item in self.runs.iter() {
+            let (k, v) = item.map_err(backend)?;
+            let Ok(meta) = serde_json::from_slice::<RunMeta>(&v) else {
+                tracing::error!(key = ?k, "undecodable run record left alone");
+                continue;
+            };
+            if meta.phase == Phase::Done {
+                continue;
+            }
+            unfinished += 1;
+            let at = meta.due_at.unwrap_or_else(Timestamp::now);
+            let key = due_key(at, meta.id);
+            if !self.due.contains_key(key).map_err(backend)? {
+                self.due.insert(key, &[]).map_err(backend)?;
+                repaired += 1;
+            }
+        }
+        if repaired > 0 {
+            tracing::warn!(repaired, "restored due entries of runs cut off by a crash");
+        }
+        Ok(unfinished)
     }
 }
 
@@ -250,7 +320,14 @@ fn flush_loop(rx: std_mpsc::Receiver<Vec<(Reply, Result<Created, StoreError>)>>,
         while let Ok(g) = rx.try_recv() {
             groups.push(g);
         }
+        let started = std::time::Instant::now();
         let flushed = db.flush();
+        tracing::trace!(
+            groups = groups.len(),
+            bytes = flushed.as_ref().copied().unwrap_or(0),
+            flush_us = started.elapsed().as_micros() as u64,
+            "flushed"
+        );
         for (reply, result) in groups.into_iter().flatten() {
             let answer = match &flushed {
                 Ok(_) => result,
@@ -354,8 +431,12 @@ impl Store for SledStore {
         }
     }
 
-    fn unfinished(&self) -> Result<usize, StoreError> {
-        Ok(self.due.len())
+    fn unfinished_at_open(&self) -> usize {
+        self.unfinished_at_open
+    }
+
+    async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError> {
+        self.submit(Op::ForgetDue { at, id }).await.map(|_| ())
     }
 
     async fn close(&self) -> Result<(), StoreError> {
@@ -446,7 +527,10 @@ mod tests {
         a2.due_at = None;
         store.save_run(&a2).await.unwrap();
         assert_eq!(store.next_due().unwrap(), None);
-        assert_eq!(store.unfinished().unwrap(), 0);
+        assert!(store
+            .due(Timestamp(u64::MAX), 10, &|_| false)
+            .unwrap()
+            .is_empty());
         store.close().await.unwrap();
     }
 
@@ -495,7 +579,67 @@ mod tests {
             })
             .unwrap();
         assert_eq!(page.len(), 2);
-        assert_eq!(store.unfinished().unwrap(), 5);
+        assert_eq!(store.unfinished_at_open(), 5);
+    }
+
+    #[tokio::test]
+    async fn partial_writes_left_by_a_crash_are_repaired_or_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let orphan = run_at(1_000);
+        let ghost = RunId::new();
+        {
+            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+            // A crash after the run record but before its due entry...
+            store
+                .runs
+                .insert(orphan.id.to_bytes(), encode(&orphan).unwrap())
+                .unwrap();
+            // ...and one after a dedupe key but before its run.
+            let dk = DedupeKey {
+                route: "r".into(),
+                delivery_id: "d".into(),
+                expires_at: Timestamp(u64::MAX),
+            };
+            let mut v = ghost.to_bytes().to_vec();
+            v.extend_from_slice(&u64::MAX.to_be_bytes());
+            let dedupe = store.db.open_tree("dedupe").unwrap();
+            dedupe.insert(dedupe_key(&dk), v).unwrap();
+            store.close().await.unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.unfinished_at_open(), 1);
+        let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
+        assert_eq!(
+            due,
+            vec![(Timestamp(1_000), orphan.id)],
+            "due entry restored"
+        );
+        let retry = run_at(2_000);
+        let dk = DedupeKey {
+            route: "r".into(),
+            delivery_id: "d".into(),
+            expires_at: Timestamp(u64::MAX),
+        };
+        assert_eq!(
+            store.create_run(&retry, Some(dk)).await.unwrap(),
+            Created::New,
+            "a dedupe key without its run does not swallow the retry"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_due_entries_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let r = run_at(1_000);
+        store.create_run(&r, None).await.unwrap();
+        store
+            .due
+            .insert(due_key(Timestamp(500), r.id), &[])
+            .unwrap();
+        store.forget_due(Timestamp(500), r.id).await.unwrap();
+        let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
+        assert_eq!(due, vec![(Timestamp(1_000), r.id)]);
     }
 
     #[tokio::test]
