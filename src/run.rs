@@ -20,6 +20,9 @@ use ulid::Ulid;
 pub struct RunId(Ulid);
 
 impl RunId {
+    /// The largest id: an upper bound for range scans.
+    pub const MAX: RunId = RunId(Ulid(u128::MAX));
+
     /// A fresh id for the current instant, strictly greater than every id
     /// this process made before (monotonic within a millisecond).
     pub fn new() -> Self {
