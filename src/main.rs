@@ -8,9 +8,17 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 /// glibc malloc cost about a fifth of the daemon's CPU under load (many
-/// small JSON and sled allocations across threads); mimalloc is cheaper.
+/// small JSON and sled allocations across threads). jemalloc gave the same
+/// throughput as mimalloc (about +30 % over glibc) at far less resident
+/// memory (mimalloc: +40 MiB at start, 1.9 KB per tracked run).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Return freed memory to the OS within about a second, from a background
+/// thread, so resident memory tracks live data rather than past peaks.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 #[derive(Parser)]
 #[command(
