@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +153,24 @@ fn router(
         .merge(admin::router(admin))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+        .layer(axum::middleware::from_fn_with_state(
             request_timeout,
+            deadline,
         ))
+}
+
+/// Bounds a whole request (slow senders included) and answers like every
+/// other error. A hook cut off while its run is being persisted may still be
+/// persisted: the sender's retry then meets the dedupe record.
+async fn deadline(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
 }
 
 /// Runs the daemon until `shutdown` fires, then drains within the

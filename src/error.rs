@@ -21,6 +21,8 @@ pub enum ApiError {
     RunNotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request took longer than {}", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
             ApiError::RunNotFound(_) => (StatusCode::NOT_FOUND, "run_not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
         }
     }
