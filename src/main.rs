@@ -97,6 +97,13 @@ fn load(config: &Path) -> Result<Settings, ExitCode> {
     })
 }
 
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        ExitCode::from(1)
+    })
+}
+
 async fn signalled() {
     #[cfg(unix)]
     {
@@ -135,15 +142,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(runbridge::receiver::serve(listen, key)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -159,15 +160,9 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
