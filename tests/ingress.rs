@@ -459,3 +459,50 @@ fn our_signature_code_matches_the_published_vectors() {
     assert!(!is_rfc3339(&json!("2026-01-27 01:23:45")));
     assert!(is_rfc3339(&json!(rfc3339_now())));
 }
+
+/// A sender that stops mid-body is cut off after `server.request_timeout`
+/// with the same JSON error shape as every other rejection, and nothing is
+/// stored or started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sender_gets_408_with_a_json_body_and_nothing_is_stored() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let slate = FakeSlate::start().await;
+    let cfg = Config::new(&slate).route(RouteCfg::new("gh", "wf_ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        cfg.render(dir.path())
+            .replacen("[server]\n", "[server]\nrequest_timeout = \"1s\"\n", 1);
+    let d = Daemon::start_with_text(dir, &text).await;
+
+    let mut sock = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let head = format!(
+        "POST /hooks/gh HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"repository\":",
+        d.addr
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // The daemon answers and closes; the read ends there (bounded by a deadline).
+    tokio::time::timeout(Duration::from_secs(30), sock.read_to_end(&mut answer))
+        .await
+        .expect("the daemon answers a stalled request")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).expect("JSON body");
+    assert_eq!(v["error"], "request_timeout");
+    assert!(v["message"].as_str().unwrap().contains("1s"));
+
+    assert_eq!(d.list_runs("limit=100").await["runs"], json!([]));
+    assert_eq!(slate.create_count(), 0);
+    // The daemon is still serving.
+    let (status, _) = d.admin_get("/runs?limit=1").await;
+    assert_eq!(status, 200);
+}
