@@ -219,6 +219,7 @@ pub async fn run(
 
     let scheduler = Scheduler::new(store.clone(), topology.clone(), client, wake);
     let sched_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
+    let sweep_task = tokio::spawn(scheduler.clone().sweep(shutdown.clone()));
     let http = tokio::spawn(
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -234,6 +235,7 @@ pub async fn run(
         tracing::warn!("open connections outlived the shutdown timeout");
     }
     let _ = sched_task.await;
+    let _ = sweep_task.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     if !scheduler.drain(left).await {
         tracing::warn!(

@@ -26,6 +26,10 @@ use tokio_util::task::TaskTracker;
 const MAX_PROVIDER_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Longest the loop sleeps without looking at the due index again.
 const MAX_IDLE: Duration = Duration::from_secs(5);
+/// How often the dedupe sweep runs, and how many records one pass examines:
+/// 1,000 records/s keeps a week of 1M deliveries a day swept within hours.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+const SWEEP_BUDGET: usize = 10_000;
 
 /// The scheduler. Cheap to share; [`Scheduler::run`] is its loop.
 pub struct Scheduler {
@@ -103,6 +107,26 @@ impl Scheduler {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.wake.notified() => {}
                 _ = cancel.cancelled() => break,
+            }
+        }
+    }
+
+    /// Removes expired dedupe records in small slices until `cancel` fires,
+    /// so the dedupe tree stays bounded by `dedupe_ttl` worth of deliveries.
+    pub async fn sweep(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = cancel.cancelled() => break,
+            }
+            match self
+                .store
+                .sweep_dedupe(Timestamp::now(), SWEEP_BUDGET)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "expired dedupe records swept"),
+                Err(e) => tracing::warn!(error = %e, "dedupe sweep failed"),
             }
         }
     }

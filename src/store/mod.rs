@@ -87,6 +87,11 @@ pub trait Store: Send + Sync + 'static {
     /// between the writes of one transition).
     async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError>;
 
+    /// Removes expired dedupe records, examining at most `budget` of them
+    /// from where the previous call stopped (wrapping at the end), so the
+    /// sweep's cost per call is bounded. Returns how many were removed.
+    async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError>;
+
     /// Makes everything written so far durable and stops accepting writes.
     async fn close(&self) -> Result<(), StoreError>;
 }

@@ -42,6 +42,8 @@ enum Op {
         at: Timestamp,
         id: RunId,
     },
+    /// Dedupe records seen expired by the sweeper: (key, stored value).
+    ForgetDedupe(Vec<(sled::IVec, sled::IVec)>),
 }
 
 type Reply = oneshot::Sender<Result<Created, StoreError>>;
@@ -55,6 +57,9 @@ struct Job {
 pub struct SledStore {
     db: sled::Db,
     runs: sled::Tree,
+    dedupe: sled::Tree,
+    /// Where the dedupe sweep continues.
+    sweep_cursor: Mutex<Vec<u8>>,
     due: DueIndex,
     tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -93,7 +98,7 @@ impl SledStore {
         let (flush_tx, flush_rx) = std_mpsc::channel::<Vec<(Reply, Result<Created, StoreError>)>>();
         let trees = Trees {
             runs: runs.clone(),
-            dedupe,
+            dedupe: dedupe.clone(),
             due: due.clone(),
         };
         let unfinished = trees.repair()?;
@@ -109,6 +114,8 @@ impl SledStore {
         Ok(SledStore {
             db,
             runs,
+            dedupe,
+            sweep_cursor: Mutex::new(Vec::new()),
             due,
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![applier, flusher]),
@@ -306,6 +313,16 @@ impl Trees {
                 self.due.remove(*at, *id)?;
                 Ok(Created::New)
             }
+            Op::ForgetDedupe(expired) => {
+                for (key, seen) in expired {
+                    // Only if unchanged since the sweeper saw it expired: a
+                    // create may have reused the key meanwhile.
+                    if self.dedupe.get(key)?.as_ref() == Some(seen) {
+                        self.dedupe.remove(key)?;
+                    }
+                }
+                Ok(Created::New)
+            }
         }
     }
 
@@ -466,6 +483,45 @@ impl Store for SledStore {
 
     fn unfinished_at_open(&self) -> usize {
         self.unfinished_at_open
+    }
+
+    async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        {
+            let mut cursor = self.sweep_cursor.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = 0;
+            let mut last = None;
+            for item in self.dedupe.range(cursor.clone()..) {
+                if seen == budget {
+                    break;
+                }
+                seen += 1;
+                let (k, v) = item.map_err(backend)?;
+                let expires = v
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if expires <= now.0 {
+                    expired.push((k.clone(), v));
+                }
+                last = Some(k);
+            }
+            *cursor = match last {
+                // Continue just after the last key examined.
+                Some(k) if seen == budget => {
+                    let mut next = k.to_vec();
+                    next.push(0);
+                    next
+                }
+                _ => Vec::new(),
+            };
+        }
+        let removed = expired.len();
+        if removed > 0 {
+            self.submit(Op::ForgetDedupe(expired)).await?;
+        }
+        Ok(removed)
     }
 
     async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError> {
@@ -658,6 +714,33 @@ mod tests {
             Created::New,
             "a dedupe key without its run does not swallow the retry"
         );
+    }
+
+    #[tokio::test]
+    async fn expired_dedupe_records_are_swept_in_bounded_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..5 {
+            let expires_at = if i % 2 == 0 {
+                Timestamp(10)
+            } else {
+                Timestamp(u64::MAX)
+            };
+            let dk = DedupeKey {
+                route: "r".into(),
+                delivery_id: format!("d{i}"),
+                expires_at,
+            };
+            store.create_run(&run_at(1_000), Some(dk)).await.unwrap();
+        }
+        let now = Timestamp(1_000);
+        let mut removed = 0;
+        for _ in 0..3 {
+            removed += store.sweep_dedupe(now, 2).await.unwrap();
+        }
+        assert_eq!(removed, 3, "d0, d2, d4 expired");
+        assert_eq!(store.dedupe.len(), 2);
+        assert_eq!(store.sweep_dedupe(now, 10).await.unwrap(), 0);
     }
 
     #[tokio::test]
