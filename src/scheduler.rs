@@ -31,6 +31,25 @@ const MAX_IDLE: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 const SWEEP_BUDGET: usize = 10_000;
 
+/// A claimed run: while it lives the run is in flight and holds a permit.
+/// Dropping it (even while unwinding from a panic) releases both and wakes
+/// the loop, so a run can never stay claimed by a step that is gone.
+struct Claim {
+    scheduler: Arc<Scheduler>,
+    id: RunId,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Permit and claim first, wake-up last: the loop must see the free
+        // permit when it wakes, or it would wait for a wake-up that never comes.
+        drop(self.permit.take());
+        self.scheduler.release(self.id);
+        self.scheduler.wake.notify_one();
+    }
+}
+
 /// The scheduler. Cheap to share; [`Scheduler::run`] is its loop.
 pub struct Scheduler {
     store: Arc<dyn Store>,
@@ -81,12 +100,14 @@ impl Scheduler {
                                 continue;
                             };
                             launched += 1;
-                            let me = self.clone();
+                            let claim = Claim {
+                                scheduler: self.clone(),
+                                id,
+                                permit: Some(permit),
+                            };
                             self.tracker.spawn(async move {
-                                me.step(at, id).await;
-                                drop(permit);
-                                me.release(id);
-                                me.wake.notify_one();
+                                claim.scheduler.step(at, id).await;
+                                drop(claim);
                             });
                         }
                     }
@@ -95,9 +116,11 @@ impl Scheduler {
             }
             if free == 0 || launched == free {
                 // Saturated: the next wake-up comes from a finished step
-                // (Notify keeps a permit, so none is lost).
+                // (Notify keeps a permit, so none is lost; MAX_IDLE bounds
+                // the wait all the same).
                 tokio::select! {
                     _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(MAX_IDLE) => {}
                     _ = cancel.cancelled() => break,
                 }
                 continue;
