@@ -506,3 +506,91 @@ async fn a_stalled_sender_gets_408_with_a_json_body_and_nothing_is_stored() {
     let (status, _) = d.admin_get("/runs?limit=1").await;
     assert_eq!(status, 200);
 }
+
+/// The Standard Webhooks and bearer-token verifiers through the real
+/// binary: a live signature is accepted, `webhook-id` deduplicates by
+/// default, a stale timestamp or a wrong signature/token gets 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_and_token_routes_verify_their_senders() {
+    const SW_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let slate = FakeSlate::start().await;
+    let cfg = Config::new(&slate).route(RouteCfg::new("gh", "wf_ok"));
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[routes.sw]\nprovider = \"slate\"\nworkflow_id = \"wf_ok\"\nverify = {{ kind = \"standard-webhooks\", secret = \"{SW_SECRET}\", tolerance = \"5m\" }}\n\n[routes.tok]\nprovider = \"slate\"\nworkflow_id = \"wf_ok\"\nverify = {{ kind = \"token\", token = \"s3cret\" }}\n",
+        cfg.render(dir.path())
+    );
+    let d = Daemon::start_with_text(dir, &text).await;
+    let body = serde_json::to_vec(&gh_payload("acme/sw")).unwrap();
+
+    let sw_headers = |id: &str, ts: i64, body: &[u8]| -> Vec<(&'static str, String)> {
+        let ts = ts.to_string();
+        let sig = standard_webhooks_signature(SW_SECRET, id, &ts, body);
+        vec![
+            ("content-type", "application/json".to_string()),
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", ts),
+            ("webhook-signature", format!("v1,{sig}")),
+        ]
+    };
+    let first = d
+        .post_hook("sw", body.clone(), &sw_headers("msg_1", unix_now(), &body))
+        .await;
+    assert_eq!(first.status, 202, "{first:?}");
+    let again = d
+        .post_hook("sw", body.clone(), &sw_headers("msg_1", unix_now(), &body))
+        .await;
+    assert_eq!(again.status, 200, "webhook-id deduplicates: {again:?}");
+    assert_eq!(again.run_id(), first.run_id());
+
+    let stale = d
+        .post_hook(
+            "sw",
+            body.clone(),
+            &sw_headers("msg_2", unix_now() - 600, &body),
+        )
+        .await;
+    assert_eq!(stale.status, 401, "{stale:?}");
+    assert_eq!(stale.body["error"], "unauthorized");
+    let mut forged = sw_headers("msg_3", unix_now(), &body);
+    forged.retain(|(k, _)| *k != "webhook-signature");
+    forged.push(("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl".to_string()));
+    assert_eq!(d.post_hook("sw", body.clone(), &forged).await.status, 401);
+
+    let bearer = |t: &str| {
+        vec![
+            ("content-type", "application/json".to_string()),
+            ("authorization", format!("Bearer {t}")),
+        ]
+    };
+    let ok = d.post_hook("tok", body.clone(), &bearer("s3cret")).await;
+    assert_eq!(ok.status, 202, "{ok:?}");
+    assert_eq!(
+        d.post_hook("tok", body.clone(), &bearer("wrong"))
+            .await
+            .status,
+        401
+    );
+    let none = vec![("content-type", "application/json".to_string())];
+    assert_eq!(d.post_hook("tok", body.clone(), &none).await.status, 401);
+
+    // Exactly the two accepted runs reach the vendor.
+    poll_until(
+        "two creates at the fake Slate",
+        std::time::Duration::from_secs(30),
+        || async {
+            match slate.distinct_runs() {
+                2 => Ok(()),
+                n => Err(format!("{n} runs created")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        d.list_runs("limit=100").await["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}
