@@ -933,8 +933,8 @@ async fn slate_create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let authorized =
-        header_str(&headers, "authorization").as_deref() == Some(&format!("Bearer {SLATE_TOKEN}"));
+    let denied = slate_auth(&headers);
+    let authorized = denied.is_none();
     let key = header_str(&headers, "idempotency-key");
     let content_type = header_str(&headers, "content-type");
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
@@ -953,12 +953,8 @@ async fn slate_create(
             run_id: None,
         };
         let resp: Result<(StatusCode, FakeRun), Response> = (|| {
-            if !authorized {
-                return Err(slate_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "Missing or invalid Bearer token",
-                ));
+            if let Some(denied) = denied {
+                return Err(denied);
             }
             if wf == "wf_bad" || !inputs.as_ref().is_some_and(Value::is_object) {
                 return Err((
@@ -1062,17 +1058,25 @@ async fn slate_create(
     resp
 }
 
+/// Slate's bearer-token check: the 401 answer, or `None` when authorized.
+fn slate_auth(headers: &HeaderMap) -> Option<Response> {
+    let expected = format!("Bearer {SLATE_TOKEN}");
+    (header_str(headers, "authorization").as_deref() != Some(expected.as_str())).then(|| {
+        slate_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Missing or invalid Bearer token",
+        )
+    })
+}
+
 async fn slate_get(
     State(s): State<Arc<SlateInner>>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if header_str(&headers, "authorization").as_deref() != Some(&format!("Bearer {SLATE_TOKEN}")) {
-        return slate_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Missing or invalid Bearer token",
-        );
+    if let Some(denied) = slate_auth(&headers) {
+        return denied;
     }
     let mut st = s.state.lock().unwrap();
     st.gets += 1;
@@ -1103,12 +1107,8 @@ async fn slate_cancel(
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    if header_str(&headers, "authorization").as_deref() != Some(&format!("Bearer {SLATE_TOKEN}")) {
-        return slate_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Missing or invalid Bearer token",
-        );
+    if let Some(denied) = slate_auth(&headers) {
+        return denied;
     }
     let mut st = s.state.lock().unwrap();
     st.cancels.push(id.clone());
