@@ -833,6 +833,21 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// A daemon on a fresh store for one scenario, healthy and ready for load.
+async fn start_scenario(
+    opts: &Opts,
+    bin: &Path,
+    scenario: &str,
+    route: &RouteCfg<'_>,
+    stderr_name: &str,
+) -> Result<(tempfile::TempDir, PathBuf, Daemon), String> {
+    let dir = tempdir(opts, scenario)?;
+    let cfg = write_config(dir.path(), route)?;
+    let d = Daemon::spawn(bin, &cfg, dir.path().join(stderr_name), LOG_QUIET).await?;
+    d.wait_healthy(Duration::from_secs(30)).await?;
+    Ok((dir, cfg, d))
+}
+
 fn tempdir(opts: &Opts, name: &str) -> Result<tempfile::TempDir, String> {
     std::fs::create_dir_all(&opts.dir)
         .map_err(|e| format!("cannot create {}: {e}", opts.dir.display()))?;
@@ -869,18 +884,13 @@ async fn ingress(opts: &Opts, bin: &Path, ticks: f64, rep: &mut Report) -> Resul
         "  (runs are never polled during the window, but the scheduler starts each one as it \
          arrives: 2 more durable writes per run)"
     );
-    let dir = tempdir(opts, S)?;
-    let cfg = write_config(
-        dir.path(),
-        &RouteCfg {
-            poll_interval: "1h",
-            max_poll_interval: "1h",
-            duration: "1h",
-            callback: None,
-        },
-    )?;
-    let mut d = Daemon::spawn(bin, &cfg, dir.path().join("stderr.log"), LOG_QUIET).await?;
-    d.wait_healthy(Duration::from_secs(30)).await?;
+    let route = RouteCfg {
+        poll_interval: "1h",
+        max_poll_interval: "1h",
+        duration: "1h",
+        callback: None,
+    };
+    let (dir, _cfg, mut d) = start_scenario(opts, bin, S, &route, "stderr.log").await?;
     let payloads = payloads();
 
     // Daemon and bench CPU over the measured window only.
@@ -1122,18 +1132,13 @@ async fn callbacks(opts: &Opts, bin: &Path, ticks: f64, rep: &mut Report) -> Res
         done: tokio::sync::Notify::new(),
     });
     let (cb_url, recv_task) = start_receiver(receiver.clone()).await?;
-    let dir = tempdir(opts, S)?;
-    let cfg = write_config(
-        dir.path(),
-        &RouteCfg {
-            poll_interval: "10ms",
-            max_poll_interval: "1s",
-            duration: "0s",
-            callback: Some(cb_url),
-        },
-    )?;
-    let mut d = Daemon::spawn(bin, &cfg, dir.path().join("stderr.log"), LOG_QUIET).await?;
-    d.wait_healthy(Duration::from_secs(30)).await?;
+    let route = RouteCfg {
+        poll_interval: "10ms",
+        max_poll_interval: "1s",
+        duration: "0s",
+        callback: Some(cb_url),
+    };
+    let (_dir, _cfg, mut d) = start_scenario(opts, bin, S, &route, "stderr.log").await?;
     let payloads = payloads();
     let conns = clients(opts.conns)?;
 
@@ -1358,18 +1363,13 @@ async fn memory(opts: &Opts, bin: &Path, ticks: f64, rep: &mut Report) -> Result
         "\n[memory] {n} runs in flight (simulated 1h runs, polled every 10m), then SIGKILL and restart"
     );
     println!("  (storage.cache_capacity = 64MiB bounds sled's page cache)");
-    let dir = tempdir(opts, S)?;
-    let cfg = write_config(
-        dir.path(),
-        &RouteCfg {
-            poll_interval: "10m",
-            max_poll_interval: "10m",
-            duration: "1h",
-            callback: None,
-        },
-    )?;
-    let mut d = Daemon::spawn(bin, &cfg, dir.path().join("stderr-1.log"), LOG_QUIET).await?;
-    d.wait_healthy(Duration::from_secs(30)).await?;
+    let route = RouteCfg {
+        poll_interval: "10m",
+        max_poll_interval: "10m",
+        duration: "1h",
+        callback: None,
+    };
+    let (dir, cfg, mut d) = start_scenario(opts, bin, S, &route, "stderr-1.log").await?;
     let rss0 = d.rss();
     // Four quarters, with the RSS after each, to show how memory grows.
     let payloads = payloads();
