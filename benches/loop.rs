@@ -634,6 +634,16 @@ fn outcome_name(code: u16) -> String {
 }
 
 /// p in 0..=1 of sorted microsecond samples, in ms.
+/// "p50 / p99 / max ms" of sorted latencies in microseconds.
+fn latency_text(sorted: &[u32]) -> String {
+    format!(
+        "{:.2} / {:.2} / {:.2} ms",
+        pct(sorted, 0.5),
+        pct(sorted, 0.99),
+        pct(sorted, 1.0)
+    )
+}
+
 fn pct(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -953,16 +963,7 @@ async fn ingress(opts: &Opts, bin: &Path, ticks: f64, rep: &mut Report) -> Resul
         "accepted in the measured window",
         format!("{} in {secs:.1} s (+{warm_ok} in warm-up)", lat.len()),
     );
-    rep.row(
-        S,
-        "latency p50 / p99 / max",
-        format!(
-            "{:.2} / {:.2} / {:.2} ms",
-            pct(&lat, 0.50),
-            pct(&lat, 0.99),
-            pct(&lat, 1.0)
-        ),
-    );
+    rep.row(S, "latency p50 / p99 / max", latency_text(&lat));
     rep.row(S, "errors (non-202) in the window", errors_text(&errors));
     rep.row(
         S,
@@ -1253,12 +1254,7 @@ async fn callbacks(opts: &Opts, bin: &Path, ticks: f64, rep: &mut Report) -> Res
     rep.row(
         S,
         "trigger latency p50 / p99 / max",
-        format!(
-            "{:.2} / {:.2} / {:.2} ms",
-            pct(&fired.lat_us, 0.5),
-            pct(&fired.lat_us, 0.99),
-            pct(&fired.lat_us, 1.0)
-        ),
+        latency_text(&fired.lat_us),
     );
     rep.row(
         S,
@@ -1427,12 +1423,7 @@ async fn memory(opts: &Opts, bin: &Path, ticks: f64, rep: &mut Report) -> Result
     rep.row(
         S,
         "trigger latency p50 / p99 / max",
-        format!(
-            "{:.2} / {:.2} / {:.2} ms",
-            pct(&fired.lat_us, 0.5),
-            pct(&fired.lat_us, 0.99),
-            pct(&fired.lat_us, 1.0)
-        ),
+        latency_text(&fired.lat_us),
     );
     rep.row(S, "RSS before the load", format!("{:.1} MiB", mib(rss0)));
     let growth: Vec<String> = steps
