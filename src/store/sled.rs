@@ -23,7 +23,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-/// Largest batch one transaction takes.
+/// Largest batch the applier takes from the queue at once.
 const MAX_BATCH: usize = 2048;
 
 enum Op {
@@ -191,6 +191,21 @@ impl DueIndex {
     }
 }
 
+/// A dedupe record's value: the run id, then the expiry (ms, big-endian).
+fn dedupe_value(id: RunId, expires_at: Timestamp) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..16].copy_from_slice(&id.to_bytes());
+    v[16..].copy_from_slice(&expires_at.0.to_be_bytes());
+    v
+}
+
+/// Inverse of [`dedupe_value`].
+fn parse_dedupe_value(v: &[u8]) -> Option<(RunId, Timestamp)> {
+    let id: [u8; 16] = v.get(..16)?.try_into().ok()?;
+    let expires = u64::from_be_bytes(v.get(16..24)?.try_into().ok()?);
+    Some((RunId::from_bytes(id), Timestamp(expires)))
+}
+
 fn dedupe_key(d: &DedupeKey) -> Vec<u8> {
     let mut k = Vec::with_capacity(d.route.len() + 1 + d.delivery_id.len());
     k.extend_from_slice(d.route.as_bytes());
@@ -199,11 +214,7 @@ fn dedupe_key(d: &DedupeKey) -> Vec<u8> {
     k
 }
 
-#[derive(Deserialize)]
-struct DueOnly {
-    due_at: Option<Timestamp>,
-}
-
+/// The fields of a stored run the store itself needs (serde skips the rest).
 #[derive(Deserialize)]
 struct RunMeta {
     id: RunId,
@@ -278,10 +289,7 @@ impl Trees {
                     if let Some(existing) = self.live_duplicate(&key)? {
                         return Ok(Created::Duplicate(existing));
                     }
-                    let mut v = Vec::with_capacity(24);
-                    v.extend_from_slice(&id.to_bytes());
-                    v.extend_from_slice(&d.expires_at.0.to_be_bytes());
-                    self.dedupe.insert(key, v)?;
+                    self.dedupe.insert(key, &dedupe_value(*id, d.expires_at))?;
                 }
                 self.runs.insert(id.to_bytes(), record.as_slice())?;
                 if let Some(at) = at {
@@ -298,8 +306,8 @@ impl Trees {
                 let old_at = self
                     .runs
                     .get(key)?
-                    .and_then(|old| serde_json::from_slice::<DueOnly>(&old).ok())
-                    .and_then(|d| d.due_at);
+                    .and_then(|old| serde_json::from_slice::<RunMeta>(&old).ok())
+                    .and_then(|m| m.due_at);
                 if let Some(at) = at {
                     self.due.insert(*at, *id)?;
                 }
@@ -331,16 +339,8 @@ impl Trees {
         let Some(v) = self.dedupe.get(key)? else {
             return Ok(None);
         };
-        let expires = v
-            .get(16..24)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes);
-        let existing = v
-            .get(..16)
-            .and_then(|b| b.try_into().ok())
-            .map(RunId::from_bytes);
-        match (expires, existing) {
-            (Some(exp), Some(id)) if exp > Timestamp::now().0 => {
+        match parse_dedupe_value(&v) {
+            Some((id, expires)) if expires > Timestamp::now() => {
                 Ok(self.runs.contains_key(id.to_bytes())?.then_some(id))
             }
             _ => Ok(None),
@@ -497,12 +497,9 @@ impl Store for SledStore {
                 }
                 seen += 1;
                 let (k, v) = item.map_err(backend)?;
-                let expires = v
-                    .get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                if expires <= now.0 {
+                // An undecodable record counts as expired.
+                let expires = parse_dedupe_value(&v).map_or(Timestamp(0), |(_, at)| at);
+                if expires <= now {
                     expired.push((k.clone(), v));
                 }
                 last = Some(k);
@@ -689,10 +686,8 @@ mod tests {
                 delivery_id: "d".into(),
                 expires_at: Timestamp(u64::MAX),
             };
-            let mut v = ghost.to_bytes().to_vec();
-            v.extend_from_slice(&u64::MAX.to_be_bytes());
-            let dedupe = store.db.open_tree("dedupe").unwrap();
-            dedupe.insert(dedupe_key(&dk), v).unwrap();
+            let v = dedupe_value(ghost, Timestamp(u64::MAX));
+            store.dedupe.insert(dedupe_key(&dk), &v).unwrap();
             store.close().await.unwrap();
         }
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
