@@ -230,8 +230,9 @@ pub struct RunSpec {
     pub delivery_id: Option<String>,
 }
 
+#[cfg(test)]
 impl RunSpec {
-    /// A spec for tests and benchmarks: route `r`, provider `p`, workflow `wf`.
+    /// A spec for tests: route `r`, provider `p`, workflow `wf`.
     pub fn example() -> Self {
         RunSpec {
             route: "r".into(),

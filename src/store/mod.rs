@@ -77,9 +77,6 @@ pub trait Store: Send + Sync + 'static {
         skip: &dyn Fn(RunId) -> bool,
     ) -> Result<Vec<(Timestamp, RunId)>, StoreError>;
 
-    /// The earliest due time, if any run is unfinished.
-    fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
-
     /// Unfinished runs found when the store was opened (the runs a restart resumes).
     fn unfinished_at_open(&self) -> usize;
 
