@@ -3,14 +3,15 @@
 //! The modules follow the data path: [`ingress`] (verify, map), [`run`] (the
 //! state machine), [`store`] (durable records and the due index),
 //! [`scheduler`] (drives runs), [`providers`] (workflow APIs), [`delivery`]
-//! (signed callbacks), [`admin`] (operator API), wired by [`app`].
+//! (signed callbacks), [`http`] (the axum edge: hooks, health, admin API),
+//! wired by [`app`]. [`health`] collects what `/readyz` reports.
 
-pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod config;
 pub mod delivery;
-pub mod error;
+pub mod health;
+pub mod http;
 pub mod ingress;
 pub mod providers;
 pub mod receiver;
@@ -19,5 +20,6 @@ pub mod scheduler;
 pub mod secret;
 pub mod signing;
 pub mod store;
+pub mod throttle;
 pub mod time;
 pub mod topology;

@@ -9,6 +9,7 @@
 use crate::backoff;
 use crate::config::{RouteSettings, SchedulerSettings};
 use crate::delivery;
+use crate::health::Health;
 use crate::providers::{PollRequest, ProviderError, StartRequest};
 use crate::run::{Observation, Phase, Run, RunId, RunStatus};
 use crate::store::Store;
@@ -59,6 +60,7 @@ pub struct Scheduler {
     in_flight: Mutex<HashSet<RunId>>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
+    health: Arc<Health>,
 }
 
 impl Scheduler {
@@ -68,6 +70,7 @@ impl Scheduler {
         topology: SharedTopology,
         client: reqwest::Client,
         wake: Arc<Notify>,
+        health: Arc<Health>,
     ) -> Arc<Self> {
         let concurrency = topology.load().settings.scheduler.concurrency;
         Arc::new(Scheduler {
@@ -78,6 +81,7 @@ impl Scheduler {
             in_flight: Mutex::new(HashSet::new()),
             permits: Arc::new(Semaphore::new(concurrency)),
             tracker: TaskTracker::new(),
+            health,
         })
     }
 
@@ -88,6 +92,7 @@ impl Scheduler {
             if cancel.is_cancelled() {
                 break;
             }
+            self.health.beat("scheduler");
             let now = Timestamp::now();
             let free = self.permits.available_permits();
             let mut launched = 0;
@@ -138,6 +143,7 @@ impl Scheduler {
     /// so the dedupe tree stays bounded by `dedupe_ttl` worth of deliveries.
     pub async fn sweep(self: Arc<Self>, cancel: CancellationToken) {
         loop {
+            self.health.beat("sweeper");
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = cancel.cancelled() => break,

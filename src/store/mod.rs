@@ -39,6 +39,17 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// The store cannot write: what failed and since when. While a fault lasts,
+/// writes fail fast and `/readyz` reports the instance unready.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoreFault {
+    pub since: Timestamp,
+    /// The backend's error, without record contents.
+    pub error: String,
+    /// Failed writes or recovery attempts since the fault began.
+    pub failures: u64,
+}
+
 /// Filter for [`Store::list_runs`], newest first.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {
@@ -88,6 +99,11 @@ pub trait Store: Send + Sync + 'static {
     /// from where the previous call stopped (wrapping at the end), so the
     /// sweep's cost per call is bounded. Returns how many were removed.
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError>;
+
+    /// The current write fault, if the store cannot write right now.
+    fn fault(&self) -> Option<StoreFault> {
+        None
+    }
 
     /// Makes everything written so far durable and stops accepting writes.
     async fn close(&self) -> Result<(), StoreError>;

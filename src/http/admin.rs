@@ -1,7 +1,7 @@
 //! The operator API: runs with their vendor status history and deliveries,
 //! behind a bearer token. Handlers stay thin: auth, one store call, JSON.
 
-use crate::error::ApiError;
+use super::error::ApiError;
 use crate::run::{RunId, RunStatus};
 use crate::signing::ct_eq;
 use crate::store::{RunQuery, Store};

@@ -1,0 +1,65 @@
+//! `[delivery]`: the callback retry schedule and per-attempt limits.
+
+use super::{positive, Problems};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// `[delivery]`
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub schedule: Vec<Duration>,
+    pub jitter: f64,
+    pub timeout: Duration,
+    pub max_retry_after: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDelivery {
+    schedule: Vec<String>,
+    jitter: f64,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    max_retry_after: Duration,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            schedule: ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            jitter: 0.2,
+            timeout: Duration::from_secs(15),
+            max_retry_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub(super) fn check_delivery(raw: RawDelivery, p: &mut Problems) -> DeliverySettings {
+    let mut schedule = Vec::new();
+    for (i, s) in raw.schedule.iter().enumerate() {
+        match humantime::parse_duration(s) {
+            Ok(d) => schedule.push(d),
+            Err(e) => p.add(
+                format!("delivery.schedule[{i}]"),
+                format!("{s:?} is not a duration: {e}"),
+            ),
+        }
+    }
+    if raw.schedule.is_empty() {
+        p.add("delivery.schedule", "needs at least one attempt");
+    }
+    if !(0.0..=1.0).contains(&raw.jitter) {
+        p.add("delivery.jitter", "must be between 0 and 1");
+    }
+    positive("delivery.timeout", raw.timeout, p);
+    DeliverySettings {
+        schedule,
+        jitter: raw.jitter,
+        timeout: raw.timeout,
+        max_retry_after: raw.max_retry_after,
+    }
+}

@@ -1,0 +1,403 @@
+//! Configuration: a TOML file layered under `RUNBRIDGE__SECTION__KEY`
+//! environment variables, checked into typed [`Settings`].
+//!
+//! Loading never stops at the first problem: every section, provider and
+//! route is read on its own and checked, so `check-config` can list every
+//! problem with the key path where it is.
+
+mod delivery;
+mod providers;
+mod routes;
+mod scheduler;
+mod server;
+mod storage;
+
+pub use delivery::DeliverySettings;
+pub use providers::{ProviderSettings, SimulatedSettings, SlateSettings};
+pub use routes::{CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings};
+pub use scheduler::SchedulerSettings;
+pub use server::ServerSettings;
+pub use storage::StorageSettings;
+
+use delivery::{check_delivery, RawDelivery};
+use providers::{check_provider, RawProvider};
+use routes::{check_route, RawRoute};
+use scheduler::{check_scheduler, RawScheduler};
+use server::{check_server, RawServer};
+use storage::RawStorage;
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// The environment-variable prefix: `RUNBRIDGE__SERVER__LISTEN` sets `server.listen`.
+pub const ENV_PREFIX: &str = "RUNBRIDGE";
+
+/// One problem found in the configuration, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem that made a configuration unusable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The checked configuration the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub scheduler: SchedulerSettings,
+    pub delivery: DeliverySettings,
+    pub providers: BTreeMap<String, ProviderSettings>,
+    pub routes: BTreeMap<String, RouteSettings>,
+}
+
+impl Settings {
+    /// Loads a TOML file with environment overrides and checks it.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        let built = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(env)
+            .build()
+            .map_err(|e| {
+                ConfigError(vec![Problem {
+                    key: path.display().to_string(),
+                    message: e.to_string(),
+                }])
+            })?;
+        Self::from_config(built)
+    }
+
+    /// Checks an already layered configuration.
+    pub fn from_config(cfg: config::Config) -> Result<Settings, ConfigError> {
+        let mut p = Problems::default();
+        let root: BTreeMap<String, config::Value> = match cfg.try_deserialize() {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(ConfigError(vec![Problem {
+                    key: "(root)".into(),
+                    message: e.to_string(),
+                }]))
+            }
+        };
+        for key in root.keys() {
+            if ![
+                "server",
+                "storage",
+                "scheduler",
+                "delivery",
+                "providers",
+                "routes",
+            ]
+            .contains(&key.as_str())
+            {
+                p.add(key, "unknown section; expected server, storage, scheduler, delivery, providers or routes");
+            }
+        }
+        let section = |name: &str| root.get(name).cloned();
+        let server: RawServer = p.parse("server", section("server")).unwrap_or_default();
+        let storage: RawStorage = p.parse("storage", section("storage")).unwrap_or_default();
+        let scheduler: RawScheduler = p
+            .parse("scheduler", section("scheduler"))
+            .unwrap_or_default();
+        let delivery: RawDelivery = p.parse("delivery", section("delivery")).unwrap_or_default();
+        let raw_providers: BTreeMap<String, config::Value> = p
+            .parse("providers", section("providers"))
+            .unwrap_or_default();
+        let raw_routes: BTreeMap<String, config::Value> =
+            p.parse("routes", section("routes")).unwrap_or_default();
+
+        let server = check_server(server, &mut p);
+        let storage = storage.check();
+        let scheduler = check_scheduler(scheduler, &mut p);
+        let delivery = check_delivery(delivery, &mut p);
+
+        let mut providers = BTreeMap::new();
+        for (name, value) in raw_providers {
+            let key = format!("providers.{name}");
+            check_name(&key, &name, &mut p);
+            if let Some(raw) = p.parse::<RawProvider>(&key, Some(value)) {
+                if let Some(settings) = check_provider(&key, raw, &mut p) {
+                    providers.insert(name, settings);
+                }
+            }
+        }
+        let mut routes = BTreeMap::new();
+        for (name, value) in raw_routes {
+            let key = format!("routes.{name}");
+            check_name(&key, &name, &mut p);
+            if let Some(raw) = p.parse::<RawRoute>(&key, Some(value)) {
+                if let Some(settings) = check_route(&key, raw, &providers, &mut p) {
+                    routes.insert(name, settings);
+                }
+            }
+        }
+        if p.0.is_empty() {
+            Ok(Settings {
+                server,
+                storage,
+                scheduler,
+                delivery,
+                providers,
+                routes,
+            })
+        } else {
+            Err(ConfigError(p.0))
+        }
+    }
+
+    /// The run timeout that applies to a route.
+    pub fn run_timeout(&self, route: &RouteSettings) -> Duration {
+        route.run_timeout.unwrap_or(self.scheduler.run_timeout)
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Deserializes one value, recording an error with its full key path.
+    fn parse<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        prefix: &str,
+        value: Option<config::Value>,
+    ) -> Option<T> {
+        let value = value?;
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let key = if path == "." || path.is_empty() {
+                    prefix.to_string()
+                } else {
+                    format!("{prefix}.{path}")
+                };
+                self.add(key, clean_serde_message(&e.inner().to_string()));
+                None
+            }
+        }
+    }
+}
+
+/// Drops the config crate's own location suffix; we give the key path ourselves.
+fn clean_serde_message(msg: &str) -> String {
+    match msg.find(" for key `") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn check_name(key: &str, name: &str, p: &mut Problems) {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !ok {
+        p.add(key, "names use only a-z, 0-9, '-' and '_'");
+    }
+}
+
+/// Resolves `env:NAME`, `file:/path` or a literal.
+pub fn resolve_secret(raw: &str, key: &str, p: &mut impl FnMut(String, String)) -> Option<Secret> {
+    if let Some(var) = raw.strip_prefix("env:") {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            Ok(_) => {
+                p(key.into(), format!("environment variable {var} is empty"));
+                None
+            }
+            Err(_) => {
+                p(key.into(), format!("environment variable {var} is not set"));
+                None
+            }
+        }
+    } else if let Some(path) = raw.strip_prefix("file:") {
+        match std::fs::read_to_string(path) {
+            Ok(v) => {
+                let v = v.trim_end_matches(['\n', '\r']).to_string();
+                if v.is_empty() {
+                    p(key.into(), format!("secret file {path} is empty"));
+                    None
+                } else {
+                    Some(Secret::new(v))
+                }
+            }
+            Err(e) => {
+                p(key.into(), format!("cannot read secret file {path}: {e}"));
+                None
+            }
+        }
+    } else if raw.is_empty() {
+        p(key.into(), "must not be empty".into());
+        None
+    } else {
+        Some(Secret::new(raw))
+    }
+}
+
+fn secret(raw: &str, key: &str, p: &mut Problems) -> Option<Secret> {
+    resolve_secret(raw, key, &mut |k, m| p.add(k, m))
+}
+
+fn check_url(key: &str, raw: &str, p: &mut Problems) -> Option<String> {
+    match reqwest::Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Some(raw.trim_end_matches('/').to_string())
+        }
+        Ok(_) => {
+            p.add(
+                key,
+                format!("{raw:?} must be an http or https URL with a host"),
+            );
+            None
+        }
+        Err(e) => {
+            p.add(key, format!("{raw:?} is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+fn positive(key: &str, d: Duration, p: &mut Problems) {
+    if d.is_zero() {
+        p.add(key, "must be greater than zero");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Settings, ConfigError> {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        Settings::from_config(cfg)
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        body_limit = "64KiB"
+        admin_token = "t"
+        [providers.sim]
+        kind = "simulated"
+        duration = "1s"
+        [routes.demo]
+        provider = "sim"
+        workflow_id = "wf"
+        verify = { kind = "github", secret = "s" }
+        [[routes.demo.inputs]]
+        name = "brandDomain"
+        pointer = "/a/b"
+        [[routes.demo.inputs]]
+        name = "c"
+        value = { camelCase = 1 }
+        [[routes.demo.callbacks]]
+        url = "http://127.0.0.1:1/cb"
+        secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    "#;
+
+    #[test]
+    fn good_config_loads() {
+        let s = load_str(GOOD).unwrap();
+        assert_eq!(s.server.body_limit, 64 * 1024);
+        let r = &s.routes["demo"];
+        assert_eq!(
+            r.inputs[0].name, "brandDomain",
+            "input names keep their case"
+        );
+        assert_eq!(
+            r.inputs[1].source,
+            InputSource::Value(serde_json::json!({"camelCase": 1}))
+        );
+        assert!(matches!(r.verify, VerifySettings::Github { .. }));
+        assert_eq!(s.scheduler.poll_interval, Duration::from_secs(5));
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("\"t\""),
+            "secrets never in debug output: {dbg}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named_by_key() {
+        let bad = r#"
+            bogus = 1
+            [server]
+            listen = "nope"
+            colour = "red"
+            [scheduler]
+            poll_interval = "5 parsecs"
+            [providers.sim]
+            kind = "simulated"
+            outcome = "maybe"
+            [routes.a]
+            provider = "missing"
+            workflow_id = "wf"
+            verify = { kind = "token", token = "env:RUNBRIDGE_TEST_SURELY_UNSET" }
+            [[routes.a.callbacks]]
+            url = "ftp://x"
+            secret = "whsec_short"
+        "#;
+        let err = load_str(bad).unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "bogus",
+            "server.colour",
+            "scheduler.poll_interval",
+            "providers.sim.outcome",
+            "routes.a.provider",
+            "routes.a.verify.token",
+            "routes.a.callbacks[0].url",
+            "routes.a.callbacks[0].secret",
+        ] {
+            assert!(
+                err.0.iter().any(|p| p.key == key),
+                "expected a problem at {key}; got:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/runbridge.toml");
+        Settings::load(&path).unwrap();
+    }
+}
