@@ -14,12 +14,16 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
+/// How the disk is made to fail (tests may only have one of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskKind {
+    /// A mounted tmpfs, filled by a filler file (ENOSPC).
     Tmpfs,
+    /// `RLIMIT_FSIZE` on the daemon (EFBIG), where mounting is not permitted.
     FileSizeLimit,
 }
 
+/// The store's disk; unmounted on drop (drop it after the daemon).
 pub struct SmallDisk {
     dir: TempDir,
     pub kind: DiskKind,
