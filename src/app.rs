@@ -33,9 +33,10 @@ pub enum StartupError {
     Unflushed(String),
 }
 
-/// Least time given to closing the store, even when the drain used up the
-/// shutdown timeout (a healthy close takes milliseconds).
-const MIN_CLOSE: Duration = Duration::from_millis(250);
+/// The part of the shutdown timeout kept for closing the store (at most a
+/// tenth of it), so a drain that uses up its time cannot push the exit past
+/// the timeout; a healthy close takes milliseconds.
+const CLOSE_RESERVE: Duration = Duration::from_millis(250);
 
 /// The one outbound HTTP client: bounded timeouts, no redirects (a 3xx is a
 /// failed callback, and redirects would bypass future SSRF checks), no
@@ -102,7 +103,8 @@ pub async fn run(
     on_ready(addr);
 
     shutdown.cancelled().await;
-    let deadline = tokio::time::Instant::now() + server.shutdown_timeout;
+    let hard_deadline = tokio::time::Instant::now() + server.shutdown_timeout;
+    let deadline = hard_deadline - (server.shutdown_timeout / 10).min(CLOSE_RESERVE);
     tracing::info!("shutting down: no new requests; finishing in-flight work");
     if tokio::time::timeout_at(deadline, http).await.is_err() {
         tracing::warn!("open connections outlived the shutdown timeout");
@@ -116,9 +118,7 @@ pub async fn run(
         );
     }
     let (lost, ids) = scheduler.unpersisted();
-    let left = deadline
-        .saturating_duration_since(tokio::time::Instant::now())
-        .max(MIN_CLOSE);
+    let left = hard_deadline.saturating_duration_since(tokio::time::Instant::now());
     let closed = match tokio::time::timeout(left, store.close()).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err(format!(

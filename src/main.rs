@@ -200,7 +200,7 @@ fn main() -> ExitCode {
             });
             // Blocking work still running (a store call stuck on a broken
             // disk) must not hold the exit past the shutdown timeout.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
             code
         }
     }
