@@ -27,7 +27,16 @@ pub enum StartupError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// The daemon ran, but its final state could not be made durable (a
+    /// store fault at shutdown): exit non-zero and say what was lost.
+    #[error("{0}")]
+    Unflushed(String),
 }
+
+/// The part of the shutdown timeout kept for closing the store (at most a
+/// tenth of it), so a drain that uses up its time cannot push the exit past
+/// the timeout; a healthy close takes milliseconds.
+const CLOSE_RESERVE: Duration = Duration::from_millis(250);
 
 /// The one outbound HTTP client: bounded timeouts, no redirects (a 3xx is a
 /// failed callback, and redirects would bypass future SSRF checks), no
@@ -94,7 +103,8 @@ pub async fn run(
     on_ready(addr);
 
     shutdown.cancelled().await;
-    let deadline = tokio::time::Instant::now() + server.shutdown_timeout;
+    let hard_deadline = tokio::time::Instant::now() + server.shutdown_timeout;
+    let deadline = hard_deadline - (server.shutdown_timeout / 10).min(CLOSE_RESERVE);
     tracing::info!("shutting down: no new requests; finishing in-flight work");
     if tokio::time::timeout_at(deadline, http).await.is_err() {
         tracing::warn!("open connections outlived the shutdown timeout");
@@ -107,7 +117,38 @@ pub async fn run(
             "some runs were still in flight; they resume from the store on the next start"
         );
     }
-    store.close().await?;
-    tracing::info!("store flushed; bye");
-    Ok(())
+    let (lost, ids) = scheduler.unpersisted();
+    let left = hard_deadline.saturating_duration_since(tokio::time::Instant::now());
+    let closed = match tokio::time::timeout(left, store.close()).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the store did not close within {}",
+            humantime::format_duration(left)
+        )),
+    };
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let what = if lost == 0 {
+        String::new()
+    } else {
+        format!(
+            "{lost} run transition(s) could not be persisted (runs {}{}); ",
+            ids.join(", "),
+            if lost > ids.len() { ", ..." } else { "" }
+        )
+    };
+    match closed {
+        Ok(()) if lost == 0 => {
+            tracing::info!("store flushed; bye");
+            Ok(())
+        }
+        Ok(()) => {
+            tracing::warn!("store flushed, but {what}they resume from their last durable state on the next start");
+            Ok(())
+        }
+        Err(e) => Err(StartupError::Unflushed(format!(
+            "shutdown during a store fault: {what}the final flush failed ({e}). \
+             Nothing acknowledged is lost: on the next start every run resumes from its last durable state \
+             (a start is repeated with the same idempotency key; a callback may be sent again with the same webhook-id)"
+        ))),
+    }
 }

@@ -119,6 +119,17 @@ async fn signalled() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// A file-size limit (`RLIMIT_FSIZE`) reached by the store must be a write
+/// error the store recovers from, not SIGXFSZ's default: killing the daemon.
+fn ignore_sigxfsz() {
+    #[cfg(unix)]
+    // SAFETY: installs the SIG_IGN disposition for one signal before any
+    // other thread could install a handler for it; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -156,6 +167,7 @@ fn main() -> ExitCode {
         }
         Command::Serve(ConfigArg { config }) => {
             init_logging(cli.log_format);
+            ignore_sigxfsz();
             let settings = match load(&config) {
                 Ok(s) => s,
                 Err(code) => return code,
@@ -164,7 +176,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            runtime.block_on(async {
+            let code = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 let trigger = shutdown.clone();
                 tokio::spawn(async move {
@@ -185,7 +197,11 @@ fn main() -> ExitCode {
                         ExitCode::from(1)
                     }
                 }
-            })
+            });
+            // Blocking work still running (a store call stuck on a broken
+            // disk) must not hold the exit past the shutdown timeout.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            code
         }
     }
 }

@@ -5,6 +5,12 @@
 //! Idle means asleep until the earliest due time or a wake-up (a new run, a
 //! finished step). A restart needs no recovery pass: every unfinished run,
 //! including one whose start was in flight, still has its due entry.
+//!
+//! Store faults: a transition that fails to persist after a vendor call or a
+//! callback keeps its claim and retries the save with backoff
+//! ([`Scheduler::persist`]) until it succeeds or shutdown; the step is never
+//! redone because a save failed. While the store reports a fault no new runs
+//! are claimed.
 
 use crate::backoff;
 use crate::config::{RouteSettings, SchedulerSettings};
@@ -12,7 +18,8 @@ use crate::delivery;
 use crate::health::Health;
 use crate::providers::{PollRequest, ProviderError, StartRequest};
 use crate::run::{Observation, Phase, Run, RunId, RunStatus};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+use crate::throttle::Throttle;
 use crate::time::Timestamp;
 use crate::topology::SharedTopology;
 use serde_json::json;
@@ -31,6 +38,17 @@ const MAX_IDLE: Duration = Duration::from_secs(5);
 /// 1,000 records/s keeps a week of 1M deliveries a day swept within hours.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 const SWEEP_BUDGET: usize = 10_000;
+/// Backoff of a failed save (exponential with jitter): the first retry
+/// comes soon, a lasting fault costs one save per run every few seconds.
+const PERSIST_RETRY_FIRST: Duration = Duration::from_millis(100);
+const PERSIST_RETRY_MAX: Duration = Duration::from_secs(4);
+/// How often the loop looks at a faulted store again before claiming.
+const FAULT_RECHECK_FIRST: Duration = Duration::from_millis(100);
+const FAULT_RECHECK_MAX: Duration = Duration::from_secs(2);
+/// Store trouble is logged once per this interval, with a count.
+const STORE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Run ids kept for the shutdown message about unpersisted transitions.
+const UNPERSISTED_KEPT: usize = 20;
 
 /// A claimed run: while it lives the run is in flight and holds a permit.
 /// Dropping it (even while unwinding from a panic) releases both and wakes
@@ -61,6 +79,12 @@ pub struct Scheduler {
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     health: Arc<Health>,
+    /// Cancelled when the loop stops: ends the save retries of steps.
+    stopping: CancellationToken,
+    /// Throttles store-trouble log lines (one per interval, with a count).
+    store_log: Throttle,
+    /// Transitions given up at shutdown: how many, and the first run ids.
+    unpersisted: Mutex<(usize, Vec<RunId>)>,
 }
 
 impl Scheduler {
@@ -82,17 +106,51 @@ impl Scheduler {
             permits: Arc::new(Semaphore::new(concurrency)),
             tracker: TaskTracker::new(),
             health,
+            stopping: CancellationToken::new(),
+            store_log: Throttle::new(STORE_LOG_EVERY),
+            unpersisted: Mutex::new((0, Vec::new())),
         })
+    }
+
+    /// Transitions that could not be persisted before shutdown: how many,
+    /// and the first few run ids (for the exit message; those runs resume
+    /// from their last durable state on the next start).
+    pub fn unpersisted(&self) -> (usize, Vec<RunId>) {
+        self.unpersisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Claims and works due runs until `cancel` fires. In-flight steps are
     /// left to finish; await [`Scheduler::drain`] for them.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let _stop = self.stopping.clone().drop_guard();
+        let mut fault_wait = Duration::ZERO;
         loop {
             if cancel.is_cancelled() {
                 break;
             }
             self.health.beat("scheduler");
+            if let Some(fault) = self.store.fault() {
+                // Claim nothing while the store cannot write: a step would
+                // only call a vendor and then fail to record it.
+                fault_wait = (fault_wait * 2).clamp(FAULT_RECHECK_FIRST, FAULT_RECHECK_MAX);
+                if let Some(suppressed) = self.store_log.allow("claims") {
+                    tracing::warn!(
+                        since = %fault.since,
+                        error = %fault.error,
+                        suppressed,
+                        "store is faulted: claiming no runs until it recovers"
+                    );
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(fault_wait) => {}
+                    _ = cancel.cancelled() => break,
+                }
+                continue;
+            }
+            fault_wait = Duration::ZERO;
             let now = Timestamp::now();
             let free = self.permits.available_permits();
             let mut launched = 0;
@@ -147,6 +205,9 @@ impl Scheduler {
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = cancel.cancelled() => break,
+            }
+            if self.store.fault().is_some() {
+                continue;
             }
             match self
                 .store
@@ -228,7 +289,57 @@ impl Scheduler {
             },
         };
         if let Err(e) = result {
-            tracing::error!(run_id = %id, error = %e, "cannot persist run; it will be retried");
+            if let Some(suppressed) = self.store_log.allow("step") {
+                tracing::error!(run_id = %id, error = %e, suppressed, "cannot persist run; it resumes from its last durable state");
+            }
+        }
+    }
+
+    /// Persists a transition the step has already acted on. A failed save
+    /// is retried with backoff while the run stays claimed, until it
+    /// succeeds or shutdown: the vendor call or callback that produced this
+    /// state is never repeated because a save failed.
+    async fn persist(&self, run: &Run) -> Result<(), StoreError> {
+        let mut attempt = 0u32;
+        loop {
+            let error = match self.store.save_run(run).await {
+                Ok(()) => {
+                    if attempt > 0 {
+                        tracing::debug!(run_id = %run.id, retries = attempt, "run persisted after retries");
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if matches!(error, StoreError::Closed) || self.stopping.is_cancelled() {
+                self.gave_up(run.id);
+                return Err(error);
+            }
+            attempt = attempt.saturating_add(1);
+            if let Some(suppressed) = self.store_log.allow("persist") {
+                tracing::warn!(
+                    run_id = %run.id,
+                    %error,
+                    suppressed,
+                    "cannot persist a run transition; retrying the save with backoff (the step is not redone)"
+                );
+            }
+            let delay = backoff::exponential(attempt, PERSIST_RETRY_FIRST, PERSIST_RETRY_MAX, 0.3);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stopping.cancelled() => {
+                    self.gave_up(run.id);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    fn gave_up(&self, id: RunId) {
+        let mut u = self.unpersisted.lock().unwrap_or_else(|p| p.into_inner());
+        u.0 += 1;
+        if u.1.len() < UNPERSISTED_KEPT {
+            u.1.push(id);
         }
     }
 
@@ -285,7 +396,7 @@ impl Scheduler {
         let error = format!("provider {:?} is not configured", run.provider);
         tracing::error!(run_id = %run.id, %error, "cannot work on run");
         run.failed_call(now, error, at);
-        self.store.save_run(&run).await
+        self.persist(&run).await
     }
 
     async fn start(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
@@ -294,7 +405,7 @@ impl Scheduler {
         let route = topo.settings.routes.get(&run.route);
         let now = Timestamp::now();
         if Self::expire(&mut run, now, &Self::callbacks(route)) {
-            return self.store.save_run(&run).await;
+            return self.persist(&run).await;
         }
         let Some(provider) = topo.providers.get(&run.provider).cloned() else {
             return self.provider_missing(s, run, now).await;
@@ -303,7 +414,7 @@ impl Scheduler {
         // the same idempotency key, never skipped.
         let guard = self.retry_at(s, &run, now, None);
         run.begin_start(now, guard);
-        self.store.save_run(&run).await?;
+        self.persist(&run).await?;
 
         let req = StartRequest {
             run_id: run.id,
@@ -343,7 +454,7 @@ impl Scheduler {
                 run.finish(now, obs, &Self::callbacks(route));
             }
         }
-        self.store.save_run(&run).await
+        self.persist(&run).await
     }
 
     async fn poll(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
@@ -352,7 +463,7 @@ impl Scheduler {
         let callbacks = Self::callbacks(topo.settings.routes.get(&run.route));
         let now = Timestamp::now();
         if Self::expire(&mut run, now, &callbacks) {
-            return self.store.save_run(&run).await;
+            return self.persist(&run).await;
         }
         let (Some(provider), Some(vendor_id)) = (
             topo.providers.get(&run.provider).cloned(),
@@ -405,7 +516,7 @@ impl Scheduler {
                 run.failed_call(now, format!("status check refused with HTTP {status}"), at);
             }
         }
-        self.store.save_run(&run).await
+        self.persist(&run).await
     }
 
     async fn deliver(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
@@ -472,6 +583,183 @@ impl Scheduler {
             }
         }
         run.settle_deliveries(Timestamp::now());
-        self.store.save_run(&run).await
+        self.persist(&run).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The save backoff with an error-injecting store; the real disk fault
+    //! is in tests/storefault.rs.
+    use super::*;
+    use crate::providers::{Provider, Started};
+    use crate::run::RunSpec;
+    use crate::store::sled::SledStore;
+    use crate::store::{Created, DedupeKey, RunQuery};
+    use crate::topology::Topology;
+    use async_trait::async_trait;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A sled store whose `save_run` fails while its script says so.
+    struct Flaky {
+        inner: SledStore,
+        script: Mutex<VecDeque<bool>>,
+        saves: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for Flaky {
+        async fn create_run(
+            &self,
+            run: &Run,
+            dedupe: Option<DedupeKey>,
+        ) -> Result<Created, StoreError> {
+            self.inner.create_run(run, dedupe).await
+        }
+        async fn save_run(&self, run: &Run) -> Result<(), StoreError> {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            if self.script.lock().unwrap().pop_front() == Some(true) {
+                return Err(StoreError::Unavailable("injected".into()));
+            }
+            self.inner.save_run(run).await
+        }
+        fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
+            self.inner.get_run(id)
+        }
+        fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError> {
+            self.inner.list_runs(q)
+        }
+        fn due(
+            &self,
+            until: Timestamp,
+            limit: usize,
+            skip: &dyn Fn(RunId) -> bool,
+        ) -> Result<Vec<(Timestamp, RunId)>, StoreError> {
+            self.inner.due(until, limit, skip)
+        }
+        fn unfinished_at_open(&self) -> usize {
+            0
+        }
+        async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError> {
+            self.inner.forget_due(at, id).await
+        }
+        async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
+            self.inner.sweep_dedupe(now, budget).await
+        }
+        async fn close(&self) -> Result<(), StoreError> {
+            self.inner.close().await
+        }
+    }
+
+    /// A vendor that counts its starts.
+    #[derive(Default)]
+    struct Counting {
+        starts: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Provider for Counting {
+        async fn start(&self, _: StartRequest<'_>) -> Result<Started, ProviderError> {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            Ok(Started {
+                vendor_run_id: "v1".into(),
+                observation: Observation {
+                    status: RunStatus::Running,
+                    raw_status: None,
+                    output: None,
+                    error: None,
+                },
+            })
+        }
+        async fn poll(&self, _: PollRequest<'_>) -> Result<Observation, ProviderError> {
+            Err(ProviderError::Transient {
+                detail: "not used".into(),
+                retry_after: None,
+            })
+        }
+    }
+
+    /// A scheduler over a flaky store with `script`, a counting vendor `p`,
+    /// and one accepted run due now.
+    async fn setup(
+        dir: &std::path::Path,
+        script: &[bool],
+    ) -> (Arc<Scheduler>, Arc<Flaky>, Arc<Counting>, Run) {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str("", config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        let settings = crate::config::Settings::from_config(cfg).unwrap();
+        let client = reqwest::Client::new();
+        let vendor = Arc::new(Counting::default());
+        let mut topo = Topology::new(settings, &client);
+        topo.providers.insert("p".into(), vendor.clone());
+        let store = Arc::new(Flaky {
+            inner: SledStore::open(dir, 1 << 20).unwrap(),
+            script: Mutex::new(script.iter().copied().collect()),
+            saves: AtomicUsize::new(0),
+        });
+        let now = Timestamp::now();
+        let run = Run::accepted(
+            RunId::new(),
+            RunSpec::example(),
+            now,
+            now.plus(Duration::from_secs(3600)),
+        );
+        store.create_run(&run, None).await.unwrap();
+        let scheduler = Scheduler::new(
+            store.clone(),
+            crate::topology::shared(topo),
+            client,
+            Arc::new(Notify::new()),
+            Arc::new(Health::default()),
+        );
+        (scheduler, store, vendor, run)
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_after_the_vendor_call_is_retried_not_the_call() {
+        let dir = tempfile::tempdir().unwrap();
+        // begin_start saves; the vendor is called; the next 3 saves fail.
+        let (s, store, vendor, run) = setup(dir.path(), &[false, true, true, true]).await;
+        let t0 = std::time::Instant::now();
+        s.step(run.due_at.unwrap(), run.id).await;
+        let took = t0.elapsed();
+        assert_eq!(
+            vendor.starts.load(Ordering::SeqCst),
+            1,
+            "start not repeated"
+        );
+        assert_eq!(store.saves.load(Ordering::SeqCst), 5);
+        let saved = store.get_run(run.id).unwrap().unwrap();
+        assert_eq!(saved.phase, Phase::Tracking);
+        assert_eq!(saved.vendor_run_id.as_deref(), Some("v1"));
+        // 100 + 200 + 400 ms, +-30 %: backoff, not a tight loop.
+        assert!(took >= Duration::from_millis(450), "retried after {took:?}");
+        assert_eq!(s.unpersisted().0, 0);
+    }
+
+    #[tokio::test]
+    async fn a_start_whose_intent_cannot_be_saved_calls_no_vendor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, store, vendor, run) = setup(dir.path(), &[true; 100]).await;
+        // Shutdown while the save of the intent keeps failing.
+        let stopper = s.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stopper.stopping.cancel();
+        });
+        s.step(run.due_at.unwrap(), run.id).await;
+        assert_eq!(
+            vendor.starts.load(Ordering::SeqCst),
+            0,
+            "persist before act"
+        );
+        let saves = store.saves.load(Ordering::SeqCst);
+        assert!((1..=4).contains(&saves), "{saves} saves in 300 ms: backoff");
+        assert_eq!(s.unpersisted(), (1, vec![run.id]));
+        let stored = store.get_run(run.id).unwrap().unwrap();
+        assert_eq!(stored.phase, Phase::Accepted, "last durable state kept");
     }
 }

@@ -61,7 +61,15 @@ impl IntoResponse for ApiError {
         let message = match code {
             // Backend details go to the log, not to the caller.
             "storage_unavailable" => {
-                tracing::error!(error = %self, "storage error while answering a request");
+                // Once per interval: a store fault under load answers
+                // hundreds of requests a second.
+                static LOG: std::sync::LazyLock<crate::throttle::Throttle> =
+                    std::sync::LazyLock::new(|| {
+                        crate::throttle::Throttle::new(std::time::Duration::from_secs(10))
+                    });
+                if let Some(suppressed) = LOG.allow("storage_unavailable") {
+                    tracing::error!(error = %self, suppressed, "storage error while answering a request");
+                }
                 "storage is unavailable; retry later".to_string()
             }
             _ => self.to_string(),

@@ -37,6 +37,10 @@ pub enum StoreError {
     Closed,
     #[error("stored record {0} could not be decoded")]
     Corrupt(String),
+    /// The store is in a write fault ([`Store::fault`]): refused without
+    /// touching the disk, so a broken disk gets no load while it recovers.
+    #[error("storage is unavailable {0}")]
+    Unavailable(String),
 }
 
 /// The store cannot write: what failed and since when. While a fault lasts,

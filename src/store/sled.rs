@@ -5,26 +5,54 @@
 //! range scan up to "now" yields due runs in time order.
 //!
 //! Group commit: callers send encoded writes to one applier thread, which
-//! applies each batch in a single multi-tree transaction and hands it to one
-//! flusher thread. The flusher makes everything applied so far durable with
+//! applies each batch (in a crash-safe write order, see [`Trees`]) and hands
+//! it to one flusher thread. The flusher makes everything applied so far durable with
 //! one blocking `flush()` and then answers every waiting caller. While it
 //! flushes, the applier already applies the next batch, so inserts overlap
 //! flushes. Exactly one flush is ever in flight: sled 0.34's `flush_async`
 //! deadlocks when several run concurrently (sled #1308), and is not used.
+//!
+//! Faults: sled 0.34 keeps the first I/O error of a database (a full disk)
+//! and returns it from every later write and flush until the database is
+//! opened again. So a failed write or flush puts the store into a fault:
+//! writes then fail fast without touching sled (ingress answers 503), and a
+//! recovery thread retries with backoff (250 ms doubling to 2 s). Each
+//! attempt first checks that the filesystem takes a small file, then drops
+//! every sled handle (which releases sled's directory lock and its sticky
+//! error), opens the directory again in-process, reloads the due index,
+//! repairs it, and confirms with a probe write and flush. Writes that were
+//! never flushed are gone, as after a crash; the reopened store holds the
+//! last durable state and callers persist their transitions again.
 
-use super::{Created, DedupeKey, RunQuery, Store, StoreError};
+use super::{Created, DedupeKey, RunQuery, Store, StoreError, StoreFault};
 use crate::run::{Phase, Run, RunId};
+use crate::throttle::Throttle;
 use crate::time::Timestamp;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest batch the applier takes from the queue at once.
 const MAX_BATCH: usize = 2048;
+/// First and largest pause between recovery attempts: recovery lands within
+/// about two seconds of space coming back, at little cost while it does not.
+const RECOVERY_FIRST: Duration = Duration::from_millis(250);
+const RECOVERY_MAX: Duration = Duration::from_secs(2);
+/// A lasting fault is logged once per this interval, with a count.
+const FAULT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The filesystem must take a file this large before sled is reopened.
+const PROBE_BYTES: usize = 1 << 20;
+/// Name of that file, inside the storage directory (removed at once).
+const PROBE_FILE: &str = ".runbridge-space-probe";
+/// Longest recovery waits for readers to let go of the old sled handles.
+const HANDLE_WAIT: Duration = Duration::from_secs(5);
 
 enum Op {
     Create {
@@ -47,33 +75,27 @@ enum Op {
 }
 
 type Reply = oneshot::Sender<Result<Created, StoreError>>;
+type Answers = Vec<(Reply, Result<Created, StoreError>)>;
 
 struct Job {
     op: Op,
     reply: Reply,
 }
 
-/// sled-backed [`Store`].
-pub struct SledStore {
+/// One open sled database. Every clone of these handles must be dropped
+/// before the directory can be opened again (sled's lock and sticky error
+/// live as long as any handle does), so they are only ever reached through
+/// [`Shared::inner`] and held for the length of one operation.
+struct Inner {
     db: sled::Db,
-    runs: sled::Tree,
-    dedupe: sled::Tree,
-    /// Where the dedupe sweep continues.
-    sweep_cursor: Mutex<Vec<u8>>,
-    due: DueIndex,
-    tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    unfinished_at_open: usize,
+    trees: Trees,
+    /// Unfinished runs found when this database was opened.
+    unfinished: usize,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-impl SledStore {
-    /// Opens (or creates) the store. A directory held by another process is
-    /// reported as such, not as an obscure I/O error.
-    pub fn open(path: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+impl Inner {
+    /// Opens the directory, loads the due index and repairs it.
+    fn open(path: &Path, cache_capacity: u64) -> Result<Inner, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity)
@@ -90,40 +112,307 @@ impl SledStore {
                     StoreError::Backend(format!("cannot open {}: {text}", path.display()))
                 }
             })?;
-        let runs = db.open_tree("runs").map_err(backend)?;
-        let dedupe = db.open_tree("dedupe").map_err(backend)?;
-        let due = DueIndex::load(db.open_tree("due").map_err(backend)?)?;
-
-        let (tx, rx) = mpsc::unbounded_channel::<Job>();
-        let (flush_tx, flush_rx) = std_mpsc::channel::<Vec<(Reply, Result<Created, StoreError>)>>();
         let trees = Trees {
-            runs: runs.clone(),
-            dedupe: dedupe.clone(),
-            due: due.clone(),
+            runs: db.open_tree("runs").map_err(backend)?,
+            dedupe: db.open_tree("dedupe").map_err(backend)?,
+            due: DueIndex::load(db.open_tree("due").map_err(backend)?)?,
         };
         let unfinished = trees.repair()?;
+        Ok(Inner {
+            db,
+            trees,
+            unfinished,
+        })
+    }
+
+    /// A durable write: proves that sled can write and flush again.
+    fn probe(&self) -> Result<(), StoreError> {
+        self.db
+            .insert("runbridge.probe", &Timestamp::now().0.to_be_bytes())
+            .map_err(backend)?;
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+}
+
+/// The current fault, if any. `active` lets the write path check without a lock.
+#[derive(Default)]
+struct FaultCell {
+    active: AtomicBool,
+    state: Mutex<Option<(StoreFault, Instant)>>,
+}
+
+impl FaultCell {
+    fn is_set(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn get(&self) -> Option<StoreFault> {
+        if !self.is_set() {
+            return None;
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.as_ref().map(|(f, _)| f.clone())
+    }
+
+    /// Records a failure; true when it starts a new fault.
+    fn set(&self, error: String) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.as_mut() {
+            Some((f, _)) => {
+                f.failures += 1;
+                false
+            }
+            None => {
+                let fault = StoreFault {
+                    since: Timestamp::now(),
+                    error,
+                    failures: 1,
+                };
+                *state = Some((fault, Instant::now()));
+                self.active.store(true, Ordering::Release);
+                true
+            }
+        }
+    }
+
+    /// Counts one more failed write or recovery attempt.
+    fn bump(&self) -> Option<StoreFault> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.as_mut().map(|(f, _)| {
+            f.failures += 1;
+            f.clone()
+        })
+    }
+
+    /// Ends the fault: what it was and how long it lasted.
+    fn clear(&self) -> Option<(StoreFault, Duration)> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.active.store(false, Ordering::Release);
+        state.take().map(|(f, began)| (f, began.elapsed()))
+    }
+}
+
+/// What the store, its threads and its recovery share.
+struct Shared {
+    path: PathBuf,
+    cache_capacity: u64,
+    /// The open database; `None` while recovery reopens it.
+    current: RwLock<Option<Arc<Inner>>>,
+    fault: FaultCell,
+    closed: AtomicBool,
+    /// Wakes the recovery thread on a new fault or on close.
+    wake: (Mutex<()>, Condvar),
+    /// Held while recovery swaps the database, so close never races a reopen.
+    swap: Mutex<()>,
+}
+
+impl Shared {
+    /// The open database, for the length of one operation.
+    fn inner(&self) -> Result<Arc<Inner>, StoreError> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| self.unavailable())
+    }
+
+    /// The error of a write refused during a fault (counted, not logged:
+    /// the recovery thread logs the fault once per interval).
+    fn fail_fast(&self) -> StoreError {
+        self.fault.bump();
+        self.unavailable()
+    }
+
+    fn unavailable(&self) -> StoreError {
+        match self.fault.get() {
+            Some(f) => StoreError::Unavailable(format!("since {}: {}", f.since, f.error)),
+            None => StoreError::Unavailable("the store is being reopened".into()),
+        }
+    }
+
+    /// A write or flush failed: enter (or extend) the fault.
+    fn report(&self, error: String) {
+        if self.fault.set(error.clone()) {
+            tracing::error!(
+                %error,
+                "store fault: writes now fail fast (ingress answers 503) until the store recovers"
+            );
+            let _guard = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+            self.wake.1.notify_all();
+        }
+    }
+
+    /// Sleeps `d` unless the store closes first; true if it closed.
+    fn pause(&self, d: Duration) -> bool {
+        let guard = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .wake
+            .1
+            .wait_timeout_while(guard, d, |_| !self.closed.load(Ordering::Acquire));
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// One recovery attempt (see the module docs).
+    fn try_recover(&self) -> Result<(), StoreError> {
+        probe_filesystem(&self.path)?;
+        let _swap = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(old) = old {
+            let end = Instant::now() + HANDLE_WAIT;
+            while Arc::strong_count(&old) > 1 {
+                if Instant::now() >= end {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(old);
+                    return Err(StoreError::Unavailable(
+                        "old sled handles are still in use; will retry".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        let inner = Inner::open(&self.path, self.cache_capacity)?;
+        let probe = inner.probe();
+        // Installed even when the probe fails, so reads keep working; the
+        // next attempt drops it again.
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
+        probe
+    }
+}
+
+/// Whether the filesystem takes a small file again (cheap, and leaves sled
+/// alone while the disk is still full).
+fn probe_filesystem(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(PROBE_FILE);
+    let written = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&path);
+    written.map_err(|e| StoreError::Unavailable(format!("the disk still refuses writes: {e}")))
+}
+
+/// The recovery thread: idle until a fault, then retries with backoff.
+fn recover_loop(shared: Arc<Shared>) {
+    let log = Throttle::new(FAULT_LOG_EVERY);
+    loop {
+        {
+            let mut guard = shared.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+            while !shared.fault.is_set() && !shared.closed.load(Ordering::Acquire) {
+                guard = shared.wake.1.wait(guard).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        let mut delay = RECOVERY_FIRST;
+        while shared.fault.is_set() {
+            if shared.pause(delay) {
+                return;
+            }
+            match shared.try_recover() {
+                Ok(()) => {
+                    if let Some((fault, lasted)) = shared.fault.clear() {
+                        tracing::warn!(
+                            lasted_ms = lasted.as_millis() as u64,
+                            failures = fault.failures,
+                            since = %fault.since,
+                            "store recovered: reopened in-process; writes accepted again"
+                        );
+                    }
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    let fault = shared.fault.bump();
+                    if let (Some(suppressed), Some(f)) = (log.allow("store-fault"), fault) {
+                        tracing::error!(
+                            since = %f.since,
+                            error = %f.error,
+                            failures = f.failures,
+                            recovery = %e,
+                            suppressed,
+                            "store still faulted; writes fail fast until it recovers"
+                        );
+                    }
+                    delay = (delay * 2).min(RECOVERY_MAX);
+                }
+            }
+        }
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+/// sled-backed [`Store`].
+pub struct SledStore {
+    shared: Arc<Shared>,
+    /// Where the dedupe sweep continues.
+    sweep_cursor: Mutex<Vec<u8>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    unfinished_at_open: usize,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store. A directory held by another process is
+    /// reported as such, not as an obscure I/O error.
+    pub fn open(path: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+        let inner = Inner::open(path, cache_capacity)?;
+        let unfinished = inner.unfinished;
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            cache_capacity,
+            current: RwLock::new(Some(Arc::new(inner))),
+            fault: FaultCell::default(),
+            closed: AtomicBool::new(false),
+            wake: (Mutex::new(()), Condvar::new()),
+            swap: Mutex::new(()),
+        });
+
+        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        let (flush_tx, flush_rx) = std_mpsc::channel::<(Arc<Inner>, Answers)>();
+        let apply_shared = shared.clone();
         let applier = std::thread::Builder::new()
             .name("store-apply".into())
-            .spawn(move || apply_loop(rx, trees, flush_tx))
+            .spawn(move || apply_loop(rx, apply_shared, flush_tx))
             .map_err(backend)?;
-        let flush_db = db.clone();
+        let flush_shared = shared.clone();
         let flusher = std::thread::Builder::new()
             .name("store-flush".into())
-            .spawn(move || flush_loop(flush_rx, flush_db))
+            .spawn(move || flush_loop(flush_rx, flush_shared))
+            .map_err(backend)?;
+        let recover_shared = shared.clone();
+        let recovery = std::thread::Builder::new()
+            .name("store-recover".into())
+            .spawn(move || recover_loop(recover_shared))
             .map_err(backend)?;
         Ok(SledStore {
-            db,
-            runs,
-            dedupe,
+            shared,
             sweep_cursor: Mutex::new(Vec::new()),
-            due,
             tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(vec![applier, flusher]),
+            threads: Mutex::new(vec![applier, flusher, recovery]),
             unfinished_at_open: unfinished,
         })
     }
 
+    /// The open database (tests reach the trees through it).
+    fn inner(&self) -> Result<Arc<Inner>, StoreError> {
+        self.shared.inner()
+    }
+
     async fn submit(&self, op: Op) -> Result<Created, StoreError> {
+        if self.shared.fault.is_set() {
+            return Err(self.shared.fail_fast());
+        }
         let (reply, rx) = oneshot::channel();
         {
             let guard = self.tx.lock().map_err(|_| StoreError::Closed)?;
@@ -224,8 +513,8 @@ struct RunMeta {
 
 fn apply_loop(
     mut rx: mpsc::UnboundedReceiver<Job>,
-    trees: Trees,
-    flush_tx: std_mpsc::Sender<Vec<(Reply, Result<Created, StoreError>)>>,
+    shared: Arc<Shared>,
+    flush_tx: std_mpsc::Sender<(Arc<Inner>, Answers)>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let started = std::time::Instant::now();
@@ -236,11 +525,26 @@ fn apply_loop(
                 Err(_) => break,
             }
         }
-        let answers: Vec<(Reply, Result<Created, StoreError>)> = jobs
+        // During a fault, queued writes fail fast without a sled call.
+        let inner = match shared.inner() {
+            Ok(inner) if !shared.fault.is_set() => inner,
+            _ => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(shared.fail_fast()));
+                }
+                continue;
+            }
+        };
+        let mut failed = false;
+        let answers: Answers = jobs
             .into_iter()
             .map(|job| {
-                let result = trees.apply(&job.op).map_err(|e| {
-                    tracing::error!(error = %e, "store write failed");
+                if failed {
+                    return (job.reply, Err(shared.fail_fast()));
+                }
+                let result = inner.trees.apply(&job.op).map_err(|e| {
+                    failed = true;
+                    shared.report(format!("write failed: {e}"));
                     backend(e)
                 });
                 (job.reply, result)
@@ -251,7 +555,7 @@ fn apply_loop(
             apply_us = started.elapsed().as_micros() as u64,
             "batch applied"
         );
-        if flush_tx.send(answers).is_err() {
+        if flush_tx.send((inner, answers)).is_err() {
             break;
         }
     }
@@ -375,26 +679,43 @@ impl Trees {
     }
 }
 
-fn flush_loop(rx: std_mpsc::Receiver<Vec<(Reply, Result<Created, StoreError>)>>, db: sled::Db) {
+fn flush_loop(rx: std_mpsc::Receiver<(Arc<Inner>, Answers)>, shared: Arc<Shared>) {
     while let Ok(first) = rx.recv() {
         let mut groups = vec![first];
         while let Ok(g) = rx.try_recv() {
             groups.push(g);
         }
+        let Some(flushed_inner) = groups.last().map(|(inner, _)| inner.clone()) else {
+            continue;
+        };
         let started = std::time::Instant::now();
-        let flushed = db.flush();
+        let flushed = if shared.fault.is_set() {
+            // sled would only repeat its sticky error.
+            Err(shared.unavailable())
+        } else {
+            flushed_inner.db.flush().map_err(|e| {
+                shared.report(format!("flush failed: {e}"));
+                StoreError::Backend(format!("flush failed: {e}"))
+            })
+        };
         tracing::trace!(
             groups = groups.len(),
             bytes = flushed.as_ref().copied().unwrap_or(0),
             flush_us = started.elapsed().as_micros() as u64,
             "flushed"
         );
-        for (reply, result) in groups.into_iter().flatten() {
-            let answer = match &flushed {
-                Ok(_) => result,
-                Err(e) => Err(StoreError::Backend(format!("flush failed: {e}"))),
-            };
-            let _ = reply.send(answer);
+        for (inner, answers) in groups {
+            // A batch applied to a database that has since been replaced
+            // was never made durable by this flush.
+            let same = Arc::ptr_eq(&inner, &flushed_inner);
+            for (reply, result) in answers {
+                let answer = match &flushed {
+                    Ok(_) if same => result,
+                    Ok(_) => Err(StoreError::Unavailable("the store was reopened".into())),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 }
@@ -433,16 +754,18 @@ impl Store for SledStore {
     }
 
     fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        match self.runs.get(id.to_bytes()).map_err(backend)? {
+        let inner = self.inner()?;
+        match inner.trees.runs.get(id.to_bytes()).map_err(backend)? {
             Some(v) => decode(&v).map(Some),
             None => Ok(None),
         }
     }
 
     fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError> {
+        let inner = self.inner()?;
         let iter = match q.before {
-            Some(b) => self.runs.range(..b.to_bytes().to_vec()),
-            None => self.runs.iter(),
+            Some(b) => inner.trees.runs.range(..b.to_bytes().to_vec()),
+            None => inner.trees.runs.iter(),
         };
         let mut out = Vec::new();
         for item in iter.rev() {
@@ -468,7 +791,8 @@ impl Store for SledStore {
         limit: usize,
         skip: &dyn Fn(RunId) -> bool,
     ) -> Result<Vec<(Timestamp, RunId)>, StoreError> {
-        let entries = self.due.entries();
+        let inner = self.inner()?;
+        let entries = inner.trees.due.entries();
         Ok(entries
             .range(..=(until, RunId::MAX))
             .filter(|(_, id)| !skip(*id))
@@ -484,10 +808,11 @@ impl Store for SledStore {
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
         let mut expired = Vec::new();
         {
+            let inner = self.inner()?;
             let mut cursor = self.sweep_cursor.lock().unwrap_or_else(|p| p.into_inner());
             let mut seen = 0;
             let mut last = None;
-            for item in self.dedupe.range(cursor.clone()..) {
+            for item in inner.trees.dedupe.range(cursor.clone()..) {
                 if seen == budget {
                     break;
                 }
@@ -521,9 +846,19 @@ impl Store for SledStore {
         self.submit(Op::ForgetDue { at, id }).await.map(|_| ())
     }
 
+    fn fault(&self) -> Option<StoreFault> {
+        self.shared.fault.get()
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         // Dropping the sender ends the applier once it has applied what was
-        // queued; the flusher answers those writes and ends too.
+        // queued; the flusher answers those writes and ends too. The
+        // recovery thread ends at its next wake-up.
+        self.shared.closed.store(true, Ordering::Release);
+        {
+            let _guard = self.shared.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+            self.shared.wake.1.notify_all();
+        }
         let sender = self.tx.lock().map_err(|_| StoreError::Closed)?.take();
         drop(sender);
         let threads: Vec<_> = self
@@ -531,12 +866,20 @@ impl Store for SledStore {
             .lock()
             .map(|mut t| t.drain(..).collect())
             .unwrap_or_default();
-        let db = self.db.clone();
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-            db.flush().map(|_| ()).map_err(backend)
+            let _swap = shared.swap.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.fault.is_set() {
+                return Err(shared.unavailable());
+            }
+            let inner = shared.inner()?;
+            inner.db.flush().map(|_| ()).map_err(|e| {
+                shared.report(format!("flush failed: {e}"));
+                backend(e)
+            })
         })
         .await
         .map_err(backend)?
@@ -679,6 +1022,9 @@ mod tests {
             let store = SledStore::open(dir.path(), 1 << 20).unwrap();
             // A crash after the run record but before its due entry...
             store
+                .inner()
+                .unwrap()
+                .trees
                 .runs
                 .insert(orphan.id.to_bytes(), encode(&orphan).unwrap())
                 .unwrap();
@@ -689,7 +1035,13 @@ mod tests {
                 expires_at: Timestamp(u64::MAX),
             };
             let v = dedupe_value(ghost, Timestamp(u64::MAX));
-            store.dedupe.insert(dedupe_key(&dk), &v).unwrap();
+            store
+                .inner()
+                .unwrap()
+                .trees
+                .dedupe
+                .insert(dedupe_key(&dk), &v)
+                .unwrap();
             store.close().await.unwrap();
         }
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
@@ -736,7 +1088,7 @@ mod tests {
             removed += store.sweep_dedupe(now, 2).await.unwrap();
         }
         assert_eq!(removed, 3, "d0, d2, d4 expired");
-        assert_eq!(store.dedupe.len(), 2);
+        assert_eq!(store.inner().unwrap().trees.dedupe.len(), 2);
         assert_eq!(store.sweep_dedupe(now, 10).await.unwrap(), 0);
     }
 
@@ -746,10 +1098,54 @@ mod tests {
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
         let r = run_at(1_000);
         store.create_run(&r, None).await.unwrap();
-        store.due.insert(Timestamp(500), r.id).unwrap();
+        store
+            .inner()
+            .unwrap()
+            .trees
+            .due
+            .insert(Timestamp(500), r.id)
+            .unwrap();
         store.forget_due(Timestamp(500), r.id).await.unwrap();
         let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
         assert_eq!(due, vec![(Timestamp(1_000), r.id)]);
+    }
+
+    #[tokio::test]
+    async fn a_fault_fails_writes_fast_and_recovery_reopens_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let durable = run_at(1_000);
+        store.create_run(&durable, None).await.unwrap();
+        assert!(store.fault().is_none());
+
+        // What a failed flush does (a real disk fault is in tests/storefault.rs).
+        store.shared.report("flush failed: injected".into());
+        let fault = store.fault().expect("faulted");
+        assert_eq!(fault.error, "flush failed: injected");
+        let err = store.create_run(&run_at(2_000), None).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(
+            store.fault().unwrap().failures >= 2,
+            "fail-fast writes count"
+        );
+
+        // The recovery thread drops every handle, reopens the directory in
+        // this process and clears the fault once a probe write is durable.
+        let t0 = std::time::Instant::now();
+        while store.fault().is_some() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "no recovery");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let later = run_at(3_000);
+        store.create_run(&later, None).await.unwrap();
+        assert!(store.get_run(durable.id).unwrap().is_some());
+        let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
+        assert_eq!(
+            due,
+            vec![(Timestamp(1_000), durable.id), (Timestamp(3_000), later.id)],
+            "due mirror reloaded from the reopened database"
+        );
+        store.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -12,6 +12,8 @@
 //! Every wait is a poll-until-deadline: sleeps only happen inside such loops.
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
