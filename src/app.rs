@@ -94,7 +94,11 @@ pub async fn run(
     on_ready(addr);
 
     shutdown.cancelled().await;
-    let deadline = tokio::time::Instant::now() + server.shutdown_timeout;
+    // Checked: `Instant + Duration` panics on overflow.
+    let now = tokio::time::Instant::now();
+    let deadline = now
+        .checked_add(server.shutdown_timeout)
+        .unwrap_or(now + Duration::from_secs(86_400 * 365));
     tracing::info!("shutting down: no new requests; finishing in-flight work");
     if tokio::time::timeout_at(deadline, http).await.is_err() {
         tracing::warn!("open connections outlived the shutdown timeout");

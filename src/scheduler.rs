@@ -257,8 +257,12 @@ impl Scheduler {
     /// run's age past `poll_slowdown_after`, capped at `max_poll_interval`.
     fn next_poll(s: &SchedulerSettings, run: &Run, now: Timestamp) -> Timestamp {
         let age = now.since(run.started_at.unwrap_or(run.created_at));
-        let factor = (age.as_secs_f64() / s.poll_slowdown_after.as_secs_f64()).max(1.0);
-        let interval = s.poll_interval.mul_f64(factor).min(s.max_poll_interval);
+        let interval = backoff::poll_interval(
+            age,
+            s.poll_interval,
+            s.poll_slowdown_after,
+            s.max_poll_interval,
+        );
         now.plus(backoff::spread(interval, 0.1))
     }
 
