@@ -2,7 +2,8 @@
 //! behind a bearer token. Handlers stay thin: auth, one store call, JSON.
 
 use super::error::ApiError;
-use crate::run::{RunId, RunStatus};
+use crate::run::{Run, RunId, RunStatus};
+use crate::secret::{redact_url, Redactor};
 use crate::signing::ct_eq;
 use crate::store::{RunQuery, Store};
 use crate::topology::SharedTopology;
@@ -58,7 +59,25 @@ async fn get_run(
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()))??
         .ok_or(ApiError::RunNotFound(id))?;
-    Ok(Json(serde_json::to_value(run).unwrap_or(Value::Null)))
+    let redactor = state.topology.load().redactor.clone();
+    Ok(Json(present(&run, &redactor)))
+}
+
+/// A run as the admin API shows it: callback URLs without userinfo or
+/// query values (the record keeps them whole, delivery needs them), and
+/// known secrets scrubbed again, which also covers records written before
+/// a secret was configured.
+fn present(run: &Run, redactor: &Redactor) -> Value {
+    let mut v = redactor.scrub_json(serde_json::to_value(run).unwrap_or(Value::Null));
+    if let Some(ds) = v.get_mut("deliveries").and_then(Value::as_array_mut) {
+        for d in ds {
+            if let Some(url) = d.get_mut("url") {
+                let shown = url.as_str().map(redact_url).unwrap_or_default();
+                *url = Value::String(shown);
+            }
+        }
+    }
+    v
 }
 
 /// Query of `GET /runs`.
@@ -105,5 +124,7 @@ async fn list_runs(
     let next = (runs.len() == limit)
         .then(|| runs.last().map(|r| r.id.to_string()))
         .flatten();
+    let redactor = state.topology.load().redactor.clone();
+    let runs: Vec<Value> = runs.iter().map(|r| present(r, &redactor)).collect();
     Ok(Json(json!({ "runs": runs, "next": next })))
 }
