@@ -68,7 +68,17 @@ async fn get_run(
 /// known secrets scrubbed again, which also covers records written before
 /// a secret was configured.
 fn present(run: &Run, redactor: &Redactor) -> Value {
-    let mut v = redactor.scrub_json(serde_json::to_value(run).unwrap_or(Value::Null));
+    let v = redactor.scrub_json(serde_json::to_value(run).unwrap_or(Value::Null));
+    // A receiver may echo its URL (with the token in its query) in an answer.
+    let url_secrets = Redactor::new(
+        run.deliveries
+            .iter()
+            .flat_map(|d| url_secrets(&d.url))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+    );
+    let mut v = url_secrets.scrub_json(v);
     if let Some(ds) = v.get_mut("deliveries").and_then(Value::as_array_mut) {
         for d in ds {
             if let Some(url) = d.get_mut("url") {
@@ -78,6 +88,16 @@ fn present(run: &Run, redactor: &Redactor) -> Value {
         }
     }
     v
+}
+
+/// The query values and password of a URL: what [`redact_url`] hides.
+fn url_secrets(url: &str) -> Vec<String> {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = u.query_pairs().map(|(_, v)| v.into_owned()).collect();
+    out.extend(u.password().map(str::to_string));
+    out
 }
 
 /// Query of `GET /runs`.
@@ -127,4 +147,52 @@ async fn list_runs(
     let redactor = state.topology.load().redactor.clone();
     let runs: Vec<Value> = runs.iter().map(|r| present(r, &redactor)).collect();
     Ok(Json(json!({ "runs": runs, "next": next })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Attempt, Observation, RunSpec};
+    use crate::time::Timestamp;
+
+    #[test]
+    fn runs_are_shown_without_url_tokens_or_known_secrets() {
+        let mut run = Run::accepted(
+            RunId::new(),
+            RunSpec::example(),
+            Timestamp(1_000),
+            Timestamp(99_000),
+        );
+        let url = "https://user:pa55word@h.example/cb?token=cbtok_123456&v=1";
+        run.finish(
+            Timestamp(2_000),
+            Observation {
+                status: RunStatus::Failed,
+                raw_status: None,
+                output: Some(json!({"echo": "Bearer slat_secret_1"})),
+                error: None,
+            },
+            &[url.to_string()],
+        );
+        run.deliveries[0].record(
+            Attempt {
+                at: Timestamp(2_001),
+                duration_ms: 1,
+                status_code: Some(500),
+                error: None,
+                response: Some(format!("no such hook: {url}")),
+            },
+            false,
+            Some(Timestamp(3_000)),
+        );
+        let shown = present(&run, &Redactor::new(["slat_secret_1"])).to_string();
+        for secret in ["cbtok_123456", "pa55word", "slat_secret_1"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("\"url\":\"https://h.example/cb?token=***&v=***\""),
+            "{shown}"
+        );
+        assert_eq!(run.deliveries[0].url, url, "the record keeps the full URL");
+    }
 }
