@@ -198,3 +198,83 @@ impl Provider for Redacting {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::RunStatus;
+    use serde_json::json;
+
+    /// Answers with the token echoed everywhere it can.
+    struct Echo(Result<(), ProviderError>);
+
+    #[async_trait]
+    impl Provider for Echo {
+        async fn start(&self, _: StartRequest<'_>) -> Result<Started, ProviderError> {
+            self.0.clone()?;
+            Ok(Started {
+                vendor_run_id: "v".into(),
+                observation: self.poll_now(),
+            })
+        }
+        async fn poll(&self, _: PollRequest<'_>) -> Result<Observation, ProviderError> {
+            self.0.clone()?;
+            Ok(self.poll_now())
+        }
+    }
+
+    impl Echo {
+        fn poll_now(&self) -> Observation {
+            Observation {
+                status: RunStatus::Running,
+                raw_status: Some("RUNNING slat_tok_42".into()),
+                output: Some(json!({"h": "Bearer slat_tok_42"})),
+                error: Some(json!({"slat_tok_42": 1})),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_answer_and_error_is_scrubbed() {
+        let r = Arc::new(Redactor::new(["slat_tok_42"]));
+        let wrap = |inner: Result<(), ProviderError>| Redacting {
+            inner: Arc::new(Echo(inner)),
+            redactor: r.clone(),
+        };
+        let inputs = json!({});
+        let start = StartRequest {
+            run_id: RunId::new(),
+            workflow_id: "wf",
+            inputs: &inputs,
+        };
+        let poll = PollRequest {
+            workflow_id: "wf",
+            vendor_run_id: "v",
+        };
+        let ok = wrap(Ok(()));
+        let text = format!("{:?} {:?}", ok.start(start).await, ok.poll(poll).await);
+        assert!(
+            !text.contains("slat_tok_42") && text.contains("***"),
+            "{text}"
+        );
+        for e in [
+            ProviderError::Transient {
+                kind: FailureKind::ServerError,
+                detail: "HTTP 500: Bearer slat_tok_42".into(),
+                retry_after: None,
+            },
+            ProviderError::Unauthorized {
+                status: 401,
+                detail: "slat_tok_42 expired".into(),
+            },
+            ProviderError::Rejected {
+                status: 400,
+                body: json!({"echo": ["Bearer slat_tok_42"]}),
+            },
+        ] {
+            let p = wrap(Err(e));
+            let text = format!("{:?} {:?}", p.start(start).await, p.poll(poll).await);
+            assert!(!text.contains("slat_tok_42"), "{text}");
+        }
+    }
+}
