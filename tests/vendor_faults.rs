@@ -183,6 +183,13 @@ async fn a_vendor_echoing_our_token_leaks_it_nowhere() {
             "callback URL token in {what}:\n{text}"
         );
     }
+    let poll_5xx = log_lines(&d, &["WARN", "provider=slate", &b, "server_error"]);
+    assert_eq!(
+        poll_5xx.len(),
+        1,
+        "poll 5xx logged once per interval:\n{logs}"
+    );
+    assert!(poll_5xx[0].contains("Bearer ***"), "{}", poll_5xx[0]);
     let shown = run_a["deliveries"][0]["url"].as_str().unwrap_or_default();
     assert_eq!(shown, format!("{}?token=***&v=***", rx.url()), "{run_a}");
     assert!(

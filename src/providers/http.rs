@@ -440,6 +440,31 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_closed_port_is_a_transient_connection_failure() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let s = SlateSettings {
+            base_url: format!("http://127.0.0.1:{port}/api"),
+            token: Secret::new("slat_1"),
+            workspace_id: None,
+            timeout: Duration::from_secs(2),
+        };
+        let e = slate(&s, reqwest::Client::new());
+        let req = PollRequest {
+            workflow_id: "wf",
+            vendor_run_id: "r",
+        };
+        match e.poll(req).await {
+            Err(err @ ProviderError::Transient { .. }) => {
+                assert_eq!(err.kind(), FailureKind::Connection, "{err:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn token_never_in_debug() {
         let e = engine();
