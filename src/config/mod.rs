@@ -105,7 +105,7 @@ impl Settings {
             .map_err(|e| {
                 ConfigError(vec![Problem {
                     key: path.display().to_string(),
-                    message: e.to_string(),
+                    message: without_source_lines(&e.to_string()),
                 }])
             })?;
         Self::from_config(built)
@@ -227,6 +227,20 @@ impl Problems {
             }
         }
     }
+}
+
+/// Drops the quoted source lines of a TOML syntax error (`4 | token = x`,
+/// `  |   ^^^`): the broken line may be a secret's. Line and column stay.
+fn without_source_lines(msg: &str) -> String {
+    msg.lines()
+        .filter(|l| {
+            !l.trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Drops the config crate's own location suffix; we give the key path ourselves.
@@ -655,6 +669,16 @@ mod tests {
             err.0.iter().any(|p| p.key == "providers.sim.base_url"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn toml_syntax_errors_do_not_quote_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[server]\nadmin_token = sup3r_s3cret_value\n").unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(!err.contains("sup3r_s3cret_value"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]
