@@ -4,7 +4,7 @@
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 use std::fmt;
 
@@ -36,6 +36,13 @@ impl fmt::Display for Secret {
         f.write_str("***")
     }
 }
+
+/// Characters left as they are in a shown query key (RFC 3986 unreserved).
+const QUERY_KEY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// What a scrubbed secret is replaced with.
 pub const REDACTED: &str = "***";
@@ -139,7 +146,7 @@ pub fn redact_url(raw: &str) -> String {
         let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
         let q = keys
             .iter()
-            .map(|k| format!("{}={REDACTED}", utf8_percent_encode(k, NON_ALPHANUMERIC)))
+            .map(|k| format!("{}={REDACTED}", utf8_percent_encode(k, QUERY_KEY)))
             .collect::<Vec<_>>()
             .join("&");
         url.set_query(Some(&q));
@@ -184,6 +191,10 @@ mod tests {
             "https://example.com/cb?token=***&x=***#***"
         );
         assert_eq!(redact_url("http://h:1/cb"), "http://h:1/cb");
+        assert_eq!(
+            redact_url("http://h/cb?api_key=1&a%20b=2"),
+            "http://h/cb?api_key=***&a%20b=***"
+        );
         assert_eq!(redact_url("not a url s3cret"), "***");
     }
 
