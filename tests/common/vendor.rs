@@ -22,9 +22,13 @@ use super::SLATE_PREFIX;
 /// `Authorization` header as received.
 #[derive(Clone, Debug)]
 pub struct Scripted {
+    /// HTTP status of the answer.
     pub status: u16,
+    /// Its `Content-Type`.
     pub content_type: &'static str,
+    /// Its body (`{AUTH}` is replaced, see above).
     pub body: String,
+    /// How long to wait before answering (to exceed the provider's timeout).
     pub delay: Option<Duration>,
 }
 
@@ -71,6 +75,7 @@ struct VendorState {
 #[derive(Clone)]
 pub struct ScriptedVendor {
     state: Arc<Mutex<VendorState>>,
+    /// Where it listens (loopback, a free port).
     pub addr: SocketAddr,
 }
 
@@ -143,6 +148,7 @@ async fn poll(
 }
 
 impl ScriptedVendor {
+    /// Serves on a free loopback port, answering normally until scripted.
     pub async fn start() -> ScriptedVendor {
         let state = Arc::new(Mutex::new(VendorState::default()));
         let app = Router::new()
@@ -163,6 +169,7 @@ impl ScriptedVendor {
         ScriptedVendor { state, addr }
     }
 
+    /// The `base_url` of a `kind = "slate"` provider pointing here.
     pub fn base_url(&self) -> String {
         format!("http://{}{SLATE_PREFIX}", self.addr)
     }
