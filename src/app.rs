@@ -103,7 +103,11 @@ pub async fn run(
     on_ready(addr);
 
     shutdown.cancelled().await;
-    let hard_deadline = tokio::time::Instant::now() + server.shutdown_timeout;
+    // Checked: `Instant + Duration` panics on overflow.
+    let now = tokio::time::Instant::now();
+    let hard_deadline = now
+        .checked_add(server.shutdown_timeout)
+        .unwrap_or(now + Duration::from_secs(86_400 * 365));
     let deadline = hard_deadline - (server.shutdown_timeout / 10).min(CLOSE_RESERVE);
     tracing::info!("shutting down: no new requests; finishing in-flight work");
     if tokio::time::timeout_at(deadline, http).await.is_err() {

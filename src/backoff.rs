@@ -11,14 +11,40 @@ pub fn exponential(attempt: u32, base: Duration, max: Duration, jitter: f64) -> 
     spread(raw, jitter)
 }
 
-/// Applies +-`jitter` random spread to a delay.
+/// Applies +-`jitter` random spread to a delay. Never panics: a NaN or
+/// out-of-range jitter is clamped, and a product past `Duration::MAX`
+/// saturates (`Duration::mul_f64` would panic).
 pub fn spread(d: Duration, jitter: f64) -> Duration {
-    if jitter <= 0.0 || d.is_zero() {
+    if jitter.is_nan() || jitter <= 0.0 || d.is_zero() {
         return d;
     }
     let j = jitter.min(1.0);
     let factor = rand::rng().random_range((1.0 - j)..=(1.0 + j));
-    d.mul_f64(factor)
+    mul_saturating(d, factor)
+}
+
+/// `d * factor` for a non-negative factor, saturating at `Duration::MAX`.
+pub fn mul_saturating(d: Duration, factor: f64) -> Duration {
+    if factor.is_nan() || factor <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+/// The poll interval of a run of `age`: `interval` at first, growing
+/// linearly with age past `slowdown_after`, capped at `max`. Pure and
+/// overflow-free for any inputs (a zero `slowdown_after` means no growth).
+pub fn poll_interval(
+    age: Duration,
+    interval: Duration,
+    slowdown_after: Duration,
+    max: Duration,
+) -> Duration {
+    if slowdown_after.is_zero() {
+        return interval.min(max);
+    }
+    let factor = (age.as_secs_f64() / slowdown_after.as_secs_f64()).max(1.0);
+    mul_saturating(interval, factor).min(max)
 }
 
 /// The delay to use when the server also sent `Retry-After`: never sooner
@@ -88,6 +114,39 @@ mod tests {
         assert_eq!(exponential(40, b, m, 0.0), m);
         let j = exponential(2, b, m, 0.2);
         assert!(j >= Duration::from_millis(1600) && j <= Duration::from_millis(2400));
+    }
+
+    #[test]
+    fn huge_values_saturate() {
+        assert!(spread(Duration::MAX, 1.0) <= Duration::MAX);
+        assert_eq!(
+            spread(Duration::from_secs(1), f64::NAN),
+            Duration::from_secs(1)
+        );
+        assert!(exponential(u32::MAX, Duration::MAX, Duration::MAX, 1.0) > Duration::ZERO);
+        let m = Duration::from_secs(60);
+        assert_eq!(
+            poll_interval(Duration::MAX, Duration::MAX, Duration::from_nanos(1), m),
+            m
+        );
+        assert_eq!(
+            poll_interval(
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+                Duration::ZERO,
+                m
+            ),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            poll_interval(
+                Duration::from_secs(240),
+                Duration::from_secs(5),
+                Duration::from_secs(120),
+                m
+            ),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

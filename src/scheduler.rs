@@ -16,8 +16,9 @@ use crate::backoff;
 use crate::config::{RouteSettings, SchedulerSettings};
 use crate::delivery;
 use crate::health::Health;
-use crate::providers::{PollRequest, ProviderError, StartRequest};
+use crate::providers::{FailureKind, PollRequest, ProviderError, StartRequest};
 use crate::run::{Observation, Phase, Run, RunId, RunStatus};
+use crate::secret::redact_url;
 use crate::store::{Store, StoreError};
 use crate::throttle::Throttle;
 use crate::time::Timestamp;
@@ -32,6 +33,10 @@ use tokio_util::task::TaskTracker;
 
 /// Longest a provider's `Retry-After` may push a retry out.
 const MAX_PROVIDER_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// A vendor failure of one kind is logged at most once per provider per
+/// this interval (with the count suppressed since): a vendor outage must
+/// stay visible without flooding the log.
+const VENDOR_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Longest the loop sleeps without looking at the due index again.
 const MAX_IDLE: Duration = Duration::from_secs(5);
 /// How often the dedupe sweep runs, and how many records one pass examines:
@@ -85,6 +90,8 @@ pub struct Scheduler {
     store_log: Throttle,
     /// Transitions given up at shutdown: how many, and the first run ids.
     unpersisted: Mutex<(usize, Vec<RunId>)>,
+    /// Throttles vendor-failure log lines per provider and kind.
+    vendor_log: Throttle,
 }
 
 impl Scheduler {
@@ -109,6 +116,7 @@ impl Scheduler {
             stopping: CancellationToken::new(),
             store_log: Throttle::new(STORE_LOG_EVERY),
             unpersisted: Mutex::new((0, Vec::new())),
+            vendor_log: Throttle::new(VENDOR_LOG_EVERY),
         })
     }
 
@@ -368,8 +376,12 @@ impl Scheduler {
     /// run's age past `poll_slowdown_after`, capped at `max_poll_interval`.
     fn next_poll(s: &SchedulerSettings, run: &Run, now: Timestamp) -> Timestamp {
         let age = now.since(run.started_at.unwrap_or(run.created_at));
-        let factor = (age.as_secs_f64() / s.poll_slowdown_after.as_secs_f64()).max(1.0);
-        let interval = s.poll_interval.mul_f64(factor).min(s.max_poll_interval);
+        let interval = backoff::poll_interval(
+            age,
+            s.poll_interval,
+            s.poll_slowdown_after,
+            s.max_poll_interval,
+        );
         now.plus(backoff::spread(interval, 0.1))
     }
 
@@ -425,20 +437,16 @@ impl Scheduler {
         let now = Timestamp::now();
         match result {
             Ok(started) => {
+                self.provider_answered(&run.provider);
                 tracing::info!(run_id = %run.id, vendor_run_id = %started.vendor_run_id, "run started");
                 let next = Self::next_poll(s, &run, now);
                 run.started(now, started.vendor_run_id, started.observation, next);
             }
-            Err(ProviderError::Transient {
-                detail,
-                retry_after,
-            }) => {
-                tracing::warn!(run_id = %run.id, error = %detail, "start failed, will retry");
-                let at = self.retry_at(s, &run, now, retry_after);
-                run.failed_call(now, detail, at);
+            Err(e @ (ProviderError::Transient { .. } | ProviderError::Unauthorized { .. })) => {
+                self.provider_failed(s, &mut run, now, "start", e);
             }
             Err(ProviderError::Rejected { status, body }) => {
-                tracing::warn!(run_id = %run.id, http_status = status, "vendor rejected the start");
+                tracing::warn!(run_id = %run.id, provider = %run.provider, http_status = status, "vendor rejected the start");
                 let error = json!({
                     "code": "START_REJECTED",
                     "message": format!("the provider refused to start the run (HTTP {status})"),
@@ -479,18 +487,15 @@ impl Scheduler {
         let now = Timestamp::now();
         match result {
             Ok(obs) => {
+                self.provider_answered(&run.provider);
                 if obs.status.is_terminal() {
                     tracing::info!(run_id = %run.id, status = obs.status.as_str(), "run finished");
                 }
                 let next = Self::next_poll(s, &run, now);
                 run.observed(now, obs, next, &callbacks);
             }
-            Err(ProviderError::Transient {
-                detail,
-                retry_after,
-            }) => {
-                let at = self.retry_at(s, &run, now, retry_after);
-                run.failed_call(now, detail, at);
+            Err(e @ (ProviderError::Transient { .. } | ProviderError::Unauthorized { .. })) => {
+                self.provider_failed(s, &mut run, now, "poll", e);
             }
             Err(ProviderError::Rejected {
                 status: status @ (404 | 410),
@@ -508,15 +513,74 @@ impl Scheduler {
                 };
                 run.finish(now, obs, &callbacks);
             }
-            Err(ProviderError::Rejected { status, .. }) => {
-                // 401/403 and the like: credentials may be fixed by a reload;
-                // keep trying with backoff until the run times out.
-                tracing::error!(run_id = %run.id, http_status = status, "vendor refused a status check");
-                let at = self.retry_at(s, &run, now, None);
-                run.failed_call(now, format!("status check refused with HTTP {status}"), at);
+            Err(e @ ProviderError::Rejected { .. }) => {
+                // Any other 4xx on a status check: the run may still be
+                // fine; keep trying with backoff until the run times out.
+                self.provider_failed(s, &mut run, now, "poll", e);
             }
         }
         self.persist(&run).await
+    }
+
+    /// A provider call succeeded: a credential problem of its provider is over.
+    fn provider_answered(&self, provider: &str) {
+        if let Some(p) = self.health.provider_ok(provider) {
+            tracing::info!(
+                provider,
+                failures = p.failures,
+                "vendor accepts our credentials again"
+            );
+        }
+    }
+
+    /// A provider call failed in a way worth retrying: records it in the
+    /// run's `last_error`, logs it (at most once per provider and kind per
+    /// [`VENDOR_LOG_EVERY`]), reports refused credentials to [`Health`], and
+    /// schedules the retry with a growing backoff (never past the deadline).
+    fn provider_failed(
+        &self,
+        s: &SchedulerSettings,
+        run: &mut Run,
+        now: Timestamp,
+        call: &'static str,
+        e: ProviderError,
+    ) {
+        let kind = e.kind();
+        let (detail, retry_after, http_status) = match e {
+            ProviderError::Transient {
+                detail,
+                retry_after,
+                ..
+            } => (detail, retry_after, None),
+            ProviderError::Unauthorized { status, detail } => {
+                self.health
+                    .provider_refused(&run.provider, status, detail.clone());
+                (detail, None, Some(status))
+            }
+            ProviderError::Rejected { status, .. } => (
+                format!("{call} refused with HTTP {status}"),
+                None,
+                Some(status),
+            ),
+        };
+        let key = format!("{}/{}", run.provider, kind.as_str());
+        if let Some(suppressed) = self.vendor_log.allow(&key) {
+            if kind == FailureKind::Unauthorized {
+                tracing::error!(
+                    provider = %run.provider, run_id = %run.id, call, kind = kind.as_str(),
+                    http_status, suppressed, error = %detail,
+                    "vendor refused our credentials; retrying with backoff until the run's deadline"
+                );
+            } else {
+                tracing::warn!(
+                    provider = %run.provider, run_id = %run.id, call, kind = kind.as_str(),
+                    http_status, suppressed, error = %detail,
+                    "vendor call failed; retrying with backoff"
+                );
+            }
+        }
+        let at = self.retry_at(s, run, now, retry_after);
+        run.failed_call(now, detail, at);
     }
 
     async fn deliver(&self, mut run: Run) -> Result<(), crate::store::StoreError> {
@@ -564,9 +628,9 @@ impl Scheduler {
                         delivery::next_attempt(now, d.attempts.len() + 1, &o, &ds)
                     };
                     if o.succeeded {
-                        tracing::info!(run_id = %run.id, url = %d.url, "callback delivered");
+                        tracing::info!(run_id = %run.id, url = %redact_url(&d.url), "callback delivered");
                     } else if next.is_none() {
-                        tracing::warn!(run_id = %run.id, url = %d.url, "callback dead after last attempt");
+                        tracing::warn!(run_id = %run.id, url = %redact_url(&d.url), "callback dead after last attempt");
                     }
                     d.record(o.attempt, o.succeeded, next);
                 }
@@ -674,6 +738,7 @@ mod tests {
         }
         async fn poll(&self, _: PollRequest<'_>) -> Result<Observation, ProviderError> {
             Err(ProviderError::Transient {
+                kind: crate::providers::FailureKind::Other,
                 detail: "not used".into(),
                 retry_after: None,
             })

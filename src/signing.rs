@@ -59,6 +59,12 @@ impl WebhookKey {
         Ok(WebhookKey(bytes))
     }
 
+    /// The key as a `whsec_` secret again, for the redactor only (so a
+    /// receiver or vendor echoing it is scrubbed); never log it.
+    pub fn to_secret_string(&self) -> String {
+        format!("whsec_{}", B64.encode(&self.0))
+    }
+
     /// The `v1,<base64>` signature of one message.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
         let ts = timestamp.to_string();

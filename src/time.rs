@@ -18,9 +18,15 @@ impl Timestamp {
         Timestamp(ms)
     }
 
-    /// This instant plus a duration (saturating).
+    /// The latest instant RFC 3339 can show (9999-12-31T23:59:59.999Z).
+    /// Later timestamps still compare correctly but display as this one.
+    pub const MAX_SHOWN: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// This instant plus a duration, saturating: no duration, however
+    /// large, can wrap a deadline into the past or panic.
     pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis() as u64))
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_add(ms))
     }
 
     /// Time from `earlier` to `self`, zero if `earlier` is later.
@@ -33,8 +39,10 @@ impl Timestamp {
         (self.0 / 1000) as i64
     }
 
+    /// Clamped to [`Timestamp::MAX_SHOWN`]: humantime refuses years past
+    /// 9999, and a `Display` error would panic in `to_string` or fail a save.
     fn to_system(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0)
+        UNIX_EPOCH + Duration::from_millis(self.0.min(Self::MAX_SHOWN.0))
     }
 }
 
@@ -57,7 +65,8 @@ impl<'de> Deserialize<'de> for Timestamp {
         let ms = t
             .duration_since(UNIX_EPOCH)
             .map_err(serde::de::Error::custom)?
-            .as_millis() as u64;
+            .as_millis();
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
         Ok(Timestamp(ms))
     }
 }
@@ -72,5 +81,20 @@ mod tests {
         let s = serde_json::to_string(&t).unwrap();
         assert_eq!(s, "\"2023-11-14T22:13:20.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&s).unwrap(), t);
+    }
+
+    #[test]
+    fn far_future_saturates_and_still_displays() {
+        let t = Timestamp(1_700_000_000_000);
+        assert_eq!(t.plus(Duration::MAX), Timestamp(u64::MAX));
+        let far = t.plus(Duration::from_secs(9000 * 365 * 86_400));
+        assert_eq!(far.to_string(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(Timestamp(u64::MAX).to_string(), "9999-12-31T23:59:59.999Z");
+        let s = serde_json::to_string(&Timestamp(u64::MAX)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Timestamp>(&s).unwrap(),
+            Timestamp::MAX_SHOWN
+        );
+        assert_eq!(t.since(Timestamp(u64::MAX)), Duration::ZERO);
     }
 }

@@ -3,8 +3,9 @@
 //! and secrets atomically while runs keep going. Tasks load the current
 //! topology when they need it instead of keeping copies.
 
-use crate::config::Settings;
+use crate::config::{ProviderSettings, Settings, VerifySettings};
 use crate::providers::{self, Provider};
+use crate::secret::Redactor;
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,21 +14,53 @@ use std::sync::Arc;
 pub struct Topology {
     pub settings: Settings,
     pub providers: BTreeMap<String, Arc<dyn Provider>>,
+    /// Scrubs every secret of `settings` from third-party text; swapped
+    /// together with the secrets it knows.
+    pub redactor: Arc<Redactor>,
 }
 
 impl Topology {
     /// Builds providers for `settings`, sharing `client`.
     pub fn new(settings: Settings, client: &reqwest::Client) -> Self {
+        let redactor = Arc::new(redactor(&settings));
         let providers = settings
             .providers
             .iter()
-            .map(|(name, s)| (name.clone(), providers::build(s, client)))
+            .map(|(name, s)| (name.clone(), providers::build(s, client, &redactor)))
             .collect();
         Topology {
             settings,
             providers,
+            redactor,
         }
     }
+}
+
+/// A redactor for every secret in `settings`: vendor tokens, route
+/// verification secrets, callback signing secrets and the admin token.
+pub fn redactor(settings: &Settings) -> Redactor {
+    let mut secrets: Vec<String> = Vec::new();
+    if let Some(t) = &settings.server.admin_token {
+        secrets.push(t.expose().to_string());
+    }
+    for p in settings.providers.values() {
+        match p {
+            ProviderSettings::Slate(s) => secrets.push(s.token.expose().to_string()),
+            ProviderSettings::Simulated(_) => {}
+        }
+    }
+    for r in settings.routes.values() {
+        match &r.verify {
+            VerifySettings::None => {}
+            VerifySettings::Token { token } => secrets.push(token.expose().to_string()),
+            VerifySettings::Github { secret } => secrets.push(secret.expose().to_string()),
+            VerifySettings::StandardWebhooks { key, .. } => secrets.push(key.to_secret_string()),
+        }
+        for c in &r.callbacks {
+            secrets.push(c.key.to_secret_string());
+        }
+    }
+    Redactor::new(secrets.iter().map(String::as_str))
 }
 
 /// The handle every task holds.

@@ -1,8 +1,17 @@
 //! `[delivery]`: the callback retry schedule and per-attempt limits.
 
-use super::{positive, Problems};
+use super::{bounded, positive, Problems};
 use serde::Deserialize;
 use std::time::Duration;
+
+/// Largest delay of one `delivery.schedule` entry (7 days).
+pub const MAX_SCHEDULE_DELAY: Duration = Duration::from_secs(7 * 86_400);
+/// Most entries in `delivery.schedule` (every attempt is kept on the run).
+pub const MAX_SCHEDULE_LEN: usize = 50;
+/// Largest `delivery.timeout` (5 min).
+pub const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest `delivery.max_retry_after` (24 h).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
 /// `[delivery]`
 #[derive(Debug, Clone)]
@@ -42,7 +51,10 @@ pub(super) fn check_delivery(raw: RawDelivery, p: &mut Problems) -> DeliverySett
     let mut schedule = Vec::new();
     for (i, s) in raw.schedule.iter().enumerate() {
         match humantime::parse_duration(s) {
-            Ok(d) => schedule.push(d),
+            Ok(d) => {
+                bounded(&format!("delivery.schedule[{i}]"), d, MAX_SCHEDULE_DELAY, p);
+                schedule.push(d)
+            }
             Err(e) => p.add(
                 format!("delivery.schedule[{i}]"),
                 format!("{s:?} is not a duration: {e}"),
@@ -52,10 +64,23 @@ pub(super) fn check_delivery(raw: RawDelivery, p: &mut Problems) -> DeliverySett
     if raw.schedule.is_empty() {
         p.add("delivery.schedule", "needs at least one attempt");
     }
+    if raw.schedule.len() > MAX_SCHEDULE_LEN {
+        p.add(
+            "delivery.schedule",
+            format!("has more than {MAX_SCHEDULE_LEN} attempts"),
+        );
+    }
     if !(0.0..=1.0).contains(&raw.jitter) {
         p.add("delivery.jitter", "must be between 0 and 1");
     }
     positive("delivery.timeout", raw.timeout, p);
+    bounded("delivery.timeout", raw.timeout, MAX_DELIVERY_TIMEOUT, p);
+    bounded(
+        "delivery.max_retry_after",
+        raw.max_retry_after,
+        MAX_RETRY_AFTER,
+        p,
+    );
     DeliverySettings {
         schedule,
         jitter: raw.jitter,

@@ -19,6 +19,21 @@ pub use scheduler::SchedulerSettings;
 pub use server::ServerSettings;
 pub use storage::StorageSettings;
 
+/// Every documented maximum (README, "Limits"), in one place.
+pub mod limits {
+    pub use super::delivery::{
+        MAX_DELIVERY_TIMEOUT, MAX_RETRY_AFTER, MAX_SCHEDULE_DELAY, MAX_SCHEDULE_LEN,
+    };
+    pub use super::providers::{MAX_PROVIDER_TIMEOUT, MAX_SIMULATED_DURATION};
+    pub use super::routes::{MAX_DEDUPE_TTL, MAX_TOLERANCE};
+    pub use super::scheduler::{
+        MAX_CONCURRENCY, MAX_POLL_INTERVAL, MAX_POLL_SLOWDOWN_AFTER, MAX_RETRY_BASE, MAX_RETRY_MAX,
+        MAX_RUN_TIMEOUT,
+    };
+    pub use super::server::{MAX_BODY_LIMIT, MAX_REQUEST_TIMEOUT, MAX_SHUTDOWN_TIMEOUT};
+    pub use super::storage::MAX_CACHE_CAPACITY;
+}
+
 use delivery::{check_delivery, RawDelivery};
 use providers::{check_provider, RawProvider};
 use routes::{check_route, RawRoute};
@@ -90,7 +105,7 @@ impl Settings {
             .map_err(|e| {
                 ConfigError(vec![Problem {
                     key: path.display().to_string(),
-                    message: e.to_string(),
+                    message: without_source_lines(&e.to_string()),
                 }])
             })?;
         Self::from_config(built)
@@ -136,7 +151,7 @@ impl Settings {
             p.parse("routes", section("routes")).unwrap_or_default();
 
         let server = check_server(server, &mut p);
-        let storage = storage.check();
+        let storage = storage.check(&mut p);
         let scheduler = check_scheduler(scheduler, &mut p);
         let delivery = check_delivery(delivery, &mut p);
 
@@ -214,6 +229,20 @@ impl Problems {
     }
 }
 
+/// Drops the quoted source lines of a TOML syntax error (`4 | token = x`,
+/// `  |   ^^^`): the broken line may be a secret's. Line and column stay.
+fn without_source_lines(msg: &str) -> String {
+    msg.lines()
+        .filter(|l| {
+            !l.trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Drops the config crate's own location suffix; we give the key path ourselves.
 fn clean_serde_message(msg: &str) -> String {
     match msg.find(" for key `") {
@@ -270,8 +299,8 @@ pub fn resolve_secret(raw: &str, key: &str, p: &mut impl FnMut(String, String)) 
     }
 }
 
-fn secret(raw: &str, key: &str, p: &mut Problems) -> Option<Secret> {
-    resolve_secret(raw, key, &mut |k, m| p.add(k, m))
+fn secret(raw: &RawSecret, key: &str, p: &mut Problems) -> Option<Secret> {
+    resolve_secret(raw.as_str(), key, &mut |k, m| p.add(k, m))
 }
 
 fn check_url(key: &str, raw: &str, p: &mut Problems) -> Option<String> {
@@ -282,12 +311,16 @@ fn check_url(key: &str, raw: &str, p: &mut Problems) -> Option<String> {
         Ok(_) => {
             p.add(
                 key,
-                format!("{raw:?} must be an http or https URL with a host"),
+                format!(
+                    "{:?} must be an http or https URL with a host",
+                    crate::secret::redact_url(raw)
+                ),
             );
             None
         }
         Err(e) => {
-            p.add(key, format!("{raw:?} is not a URL: {e}"));
+            // The text is not shown: it may carry a token.
+            p.add(key, format!("not a URL: {e}"));
             None
         }
     }
@@ -296,6 +329,133 @@ fn check_url(key: &str, raw: &str, p: &mut Problems) -> Option<String> {
 fn positive(key: &str, d: Duration, p: &mut Problems) {
     if d.is_zero() {
         p.add(key, "must be greater than zero");
+    }
+}
+
+/// Records a problem when a duration exceeds its documented maximum (see
+/// README "Limits"): bounds keep every deadline and delay the daemon
+/// computes well inside what timestamps, timers and RFC 3339 can represent.
+fn bounded(key: &str, d: Duration, max: Duration, p: &mut Problems) {
+    if d > max {
+        p.add(
+            key,
+            format!(
+                "{} is more than the maximum of {}",
+                humantime::format_duration(d),
+                humantime::format_duration(max)
+            ),
+        );
+    }
+}
+
+/// Records a problem when a size (bytes) exceeds its documented maximum.
+fn bounded_size(key: &str, bytes: u64, max: u64, p: &mut Problems) {
+    if bytes > max {
+        p.add(
+            key,
+            format!(
+                "{} is more than the maximum of {}",
+                bytesize::ByteSize::b(bytes),
+                bytesize::ByteSize::b(max)
+            ),
+        );
+    }
+}
+
+/// A secret as given in the config, before `env:`/`file:` resolution.
+///
+/// Accepts strings and also numbers and booleans, because environment
+/// overrides are parsed (`RUNBRIDGE__..._TOKEN=12345` arrives as an
+/// integer) and are stringified back. Its errors never include the value
+/// given, and `Debug` prints `***`, so a secret cannot leak through a config
+/// error. Parsing can change the text (`007` becomes `7`, `TRUE` becomes
+/// `true`): give such secrets as `env:NAME` or `file:/path`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawSecret(String);
+
+impl RawSecret {
+    /// The configured text (a literal, `env:NAME` or `file:/path`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawSecret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawSecretVisitor)
+    }
+}
+
+struct RawSecretVisitor;
+
+/// The one error a secret key gives for a value of the wrong shape.
+fn secret_shape<E: serde::de::Error>(what: &str) -> E {
+    E::custom(format!(
+        "a secret must be a string, number or boolean, not {what} (the value is not shown)"
+    ))
+}
+
+impl<'de> serde::de::Visitor<'de> for RawSecretVisitor {
+    type Value = RawSecret;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a secret string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RawSecret, E> {
+        Ok(RawSecret(v))
+    }
+    fn visit_char<E: serde::de::Error>(self, v: char) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawSecret, E> {
+        Ok(RawSecret(v.to_string()))
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<RawSecret, E> {
+        String::from_utf8(v.to_vec())
+            .map(RawSecret)
+            .map_err(|_| secret_shape("bytes that are not UTF-8"))
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<RawSecret, E> {
+        Err(secret_shape("nothing"))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<RawSecret, E> {
+        Err(secret_shape("nothing"))
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawSecret, D::Error> {
+        d.deserialize_any(RawSecretVisitor)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<RawSecret, A::Error> {
+        Err(secret_shape("a list"))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<RawSecret, A::Error> {
+        Err(secret_shape("a table"))
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, _: A) -> Result<RawSecret, A::Error> {
+        Err(secret_shape("an enum"))
     }
 }
 
@@ -393,6 +553,132 @@ mod tests {
                 "expected a problem at {key}; got:\n{text}"
             );
         }
+    }
+
+    /// Every duration key of a config, as `(table, key)` TOML edits to GOOD.
+    const DURATION_KEYS: &[&str] = &[
+        "server.request_timeout",
+        "server.shutdown_timeout",
+        "scheduler.poll_interval",
+        "scheduler.poll_slowdown_after",
+        "scheduler.max_poll_interval",
+        "scheduler.run_timeout",
+        "scheduler.retry_base",
+        "scheduler.retry_max",
+        "delivery.timeout",
+        "delivery.max_retry_after",
+        "providers.sim.duration",
+        "routes.demo.run_timeout",
+        "routes.demo.dedupe_ttl",
+    ];
+
+    #[test]
+    fn nine_thousand_years_is_rejected_everywhere() {
+        for key in DURATION_KEYS {
+            let cfg = config::Config::builder()
+                .add_source(config::File::from_str(GOOD, config::FileFormat::Toml))
+                .set_override(*key, "9000y")
+                .unwrap()
+                .build()
+                .unwrap();
+            let err = Settings::from_config(cfg).unwrap_err();
+            assert!(
+                err.0
+                    .iter()
+                    .any(|p| p.key == *key && p.message.contains("maximum")),
+                "{key}: {err}"
+            );
+        }
+        let sched = GOOD.to_string() + "\n[delivery]\nschedule = [\"0s\", \"9000y\"]\n";
+        let err = load_str(&sched).unwrap_err();
+        assert!(
+            err.0.iter().any(|p| p.key == "delivery.schedule[1]"),
+            "{err}"
+        );
+        let sw = GOOD.replace(
+            "verify = { kind = \"github\", secret = \"s\" }",
+            "verify = { kind = \"standard-webhooks\", secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", tolerance = \"9000y\" }",
+        );
+        let err = load_str(&sw).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.key == "routes.demo.verify.tolerance"),
+            "{err}"
+        );
+        for (key, value) in [
+            ("server.body_limit", "1TiB"),
+            ("storage.cache_capacity", "1PiB"),
+            ("scheduler.concurrency", "1000000000"),
+        ] {
+            let cfg = config::Config::builder()
+                .add_source(config::File::from_str(GOOD, config::FileFormat::Toml))
+                .set_override(key, value)
+                .unwrap()
+                .build()
+                .unwrap();
+            let err = Settings::from_config(cfg).unwrap_err();
+            assert!(err.0.iter().any(|p| p.key == key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn numeric_secrets_are_accepted_and_never_echoed() {
+        // As an env override arrives with try_parsing(true): an integer.
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(GOOD, config::FileFormat::Toml))
+            .set_override("server.admin_token", 987_654_321_i64)
+            .unwrap()
+            .set_override("routes.demo.verify.secret", 123_456_789_i64)
+            .unwrap()
+            .build()
+            .unwrap();
+        let s = Settings::from_config(cfg).unwrap();
+        assert_eq!(s.server.admin_token.unwrap().expose(), "987654321");
+        match &s.routes["demo"].verify {
+            VerifySettings::Github { secret } => assert_eq!(secret.expose(), "123456789"),
+            other => panic!("{other:?}"),
+        }
+        // Wrong shapes and bad values: the error names the key, never the value.
+        let bad = GOOD
+            .replace(
+                "verify = { kind = \"github\", secret = \"s\" }",
+                "verify = { kind = \"standard-webhooks\", secret = 55555555 }",
+            )
+            .replace(
+                "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"",
+                "secret = [44444444]",
+            );
+        let err = load_str(&bad).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            !text.contains("55555555") && !text.contains("44444444"),
+            "{text}"
+        );
+        assert!(
+            err.0.iter().any(|p| p.key.starts_with("routes.demo")),
+            "{text}"
+        );
+        let tagged = GOOD.replace(
+            "kind = \"simulated\"\n        duration = \"1s\"",
+            "kind = \"slate\"\n        base_url = \"nope\"\n        token = 31415926535",
+        );
+        let err = load_str(&tagged).unwrap_err();
+        assert!(!err.to_string().contains("31415926535"), "{err}");
+        assert!(
+            err.0.iter().any(|p| p.key == "providers.sim.base_url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_do_not_quote_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[server]\nadmin_token = sup3r_s3cret_value\n").unwrap();
+        let err = Settings::load(&path).unwrap_err().to_string();
+        assert!(!err.contains("sup3r_s3cret_value"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! `[providers.NAME]`: the workflow APIs runs are started on.
 
-use super::{check_url, positive, secret, Problems};
+use super::{bounded, check_url, positive, secret, Problems, RawSecret};
 use crate::run::RunStatus;
 use crate::secret::Secret;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
+
+/// Largest provider `timeout` (5 min per vendor request).
+pub const MAX_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest simulated `duration` (30 days, the longest run timeout).
+pub const MAX_SIMULATED_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 /// `[providers.NAME]`
 #[derive(Debug, Clone)]
@@ -42,7 +47,7 @@ pub(super) enum RawProvider {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSlate {
     base_url: String,
-    token: String,
+    token: RawSecret,
     workspace_id: Option<String>,
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     timeout: Duration,
@@ -80,6 +85,12 @@ pub(super) fn check_provider(
             let base_url = check_url(&format!("{key}.base_url"), &s.base_url, p);
             let token = secret(&s.token, &format!("{key}.token"), p);
             positive(&format!("{key}.timeout"), s.timeout, p);
+            bounded(
+                &format!("{key}.timeout"),
+                s.timeout,
+                MAX_PROVIDER_TIMEOUT,
+                p,
+            );
             Some(ProviderSettings::Slate(SlateSettings {
                 base_url: base_url?,
                 token: token?,
@@ -88,6 +99,12 @@ pub(super) fn check_provider(
             }))
         }
         RawProvider::Simulated(s) => {
+            bounded(
+                &format!("{key}.duration"),
+                s.duration,
+                MAX_SIMULATED_DURATION,
+                p,
+            );
             let outcome = match s.outcome.as_str() {
                 "succeeded" => RunStatus::Succeeded,
                 "failed" => RunStatus::Failed,

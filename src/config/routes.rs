@@ -1,12 +1,18 @@
 //! `[routes.NAME]`: webhook routes, their verification, inputs and callbacks.
 
-use super::{check_url, positive, secret, Problems, ProviderSettings};
+use super::scheduler::MAX_RUN_TIMEOUT;
+use super::{bounded, check_url, positive, secret, Problems, ProviderSettings, RawSecret};
 use crate::secret::Secret;
 use crate::signing::WebhookKey;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Largest `dedupe_ttl` (90 days of remembered delivery ids).
+pub const MAX_DEDUPE_TTL: Duration = Duration::from_secs(90 * 86_400);
+/// Largest Standard Webhooks `tolerance` (1 h; it is also the replay window).
+pub const MAX_TOLERANCE: Duration = Duration::from_secs(3600);
 
 /// `[routes.NAME]`
 #[derive(Debug, Clone)]
@@ -102,19 +108,19 @@ struct RawNoVerify {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawToken {
-    token: String,
+    token: RawSecret,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGithub {
-    secret: String,
+    secret: RawSecret,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStandard {
-    secret: String,
+    secret: RawSecret,
     #[serde(default = "default_tolerance", with = "humantime_serde")]
     tolerance: Duration,
 }
@@ -143,7 +149,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct RawCallback {
     url: String,
-    secret: String,
+    secret: RawSecret,
 }
 
 pub(super) fn check_route(
@@ -182,6 +188,12 @@ pub(super) fn check_route(
             .map(|secret| VerifySettings::Github { secret }),
         Some(RawVerify::StandardWebhooks(s)) => {
             let k = format!("{key}.verify.secret");
+            bounded(
+                &format!("{key}.verify.tolerance"),
+                s.tolerance,
+                MAX_TOLERANCE,
+                p,
+            );
             secret(&s.secret, &k, p).and_then(|sec| match WebhookKey::parse(sec.expose()) {
                 Ok(key) => Some(VerifySettings::StandardWebhooks {
                     key,
@@ -248,7 +260,14 @@ pub(super) fn check_route(
     }
     if let Some(t) = raw.run_timeout {
         positive(&format!("{key}.run_timeout"), t, p);
+        bounded(&format!("{key}.run_timeout"), t, MAX_RUN_TIMEOUT, p);
     }
+    bounded(
+        &format!("{key}.dedupe_ttl"),
+        raw.dedupe_ttl,
+        MAX_DEDUPE_TTL,
+        p,
+    );
     let mut callbacks = Vec::new();
     for (i, cb) in raw.callbacks.into_iter().enumerate() {
         let ck = format!("{key}.callbacks[{i}]");

@@ -1,8 +1,21 @@
 //! `[scheduler]`: polling, run timeouts, concurrency and provider retries.
 
-use super::{positive, Problems};
+use super::{bounded, positive, Problems};
 use serde::Deserialize;
 use std::time::Duration;
+
+/// Largest `scheduler.poll_interval` and `scheduler.max_poll_interval` (1 h).
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+/// Largest `scheduler.poll_slowdown_after` (30 days).
+pub const MAX_POLL_SLOWDOWN_AFTER: Duration = Duration::from_secs(30 * 86_400);
+/// Largest run timeout, `scheduler.run_timeout` and `routes.NAME.run_timeout` (30 days).
+pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+/// Largest `scheduler.retry_base` (1 h).
+pub const MAX_RETRY_BASE: Duration = Duration::from_secs(3600);
+/// Largest `scheduler.retry_max` (24 h).
+pub const MAX_RETRY_MAX: Duration = Duration::from_secs(86_400);
+/// Largest `scheduler.concurrency` (10,000 runs worked on at once).
+pub const MAX_CONCURRENCY: usize = 10_000;
 
 /// `[scheduler]`
 #[derive(Debug, Clone)]
@@ -53,6 +66,33 @@ pub(super) fn check_scheduler(raw: RawScheduler, p: &mut Problems) -> SchedulerS
     positive("scheduler.poll_slowdown_after", raw.poll_slowdown_after, p);
     positive("scheduler.run_timeout", raw.run_timeout, p);
     positive("scheduler.retry_base", raw.retry_base, p);
+    bounded(
+        "scheduler.poll_interval",
+        raw.poll_interval,
+        MAX_POLL_INTERVAL,
+        p,
+    );
+    bounded(
+        "scheduler.poll_slowdown_after",
+        raw.poll_slowdown_after,
+        MAX_POLL_SLOWDOWN_AFTER,
+        p,
+    );
+    bounded(
+        "scheduler.max_poll_interval",
+        raw.max_poll_interval,
+        MAX_POLL_INTERVAL,
+        p,
+    );
+    bounded("scheduler.run_timeout", raw.run_timeout, MAX_RUN_TIMEOUT, p);
+    bounded("scheduler.retry_base", raw.retry_base, MAX_RETRY_BASE, p);
+    bounded("scheduler.retry_max", raw.retry_max, MAX_RETRY_MAX, p);
+    if raw.concurrency > MAX_CONCURRENCY {
+        p.add(
+            "scheduler.concurrency",
+            format!("must be at most {MAX_CONCURRENCY}"),
+        );
+    }
     if raw.max_poll_interval < raw.poll_interval {
         p.add(
             "scheduler.max_poll_interval",

@@ -1,11 +1,18 @@
 //! `[server]`: the HTTP edge's settings.
 
-use super::{positive, secret, Problems};
+use super::{bounded, bounded_size, positive, secret, Problems, RawSecret};
 use crate::secret::Secret;
 use bytesize::ByteSize;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// Largest `server.body_limit` (64 MiB): bodies are buffered whole.
+pub const MAX_BODY_LIMIT: u64 = 64 << 20;
+/// Largest `server.request_timeout` (10 min).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// Largest `server.shutdown_timeout` (10 min; systemd's default stop timeout is 90 s).
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `[server]`
 #[derive(Debug, Clone)]
@@ -25,7 +32,7 @@ pub(super) struct RawServer {
     body_limit: ByteSize,
     #[serde(with = "humantime_serde")]
     request_timeout: Duration,
-    admin_token: Option<String>,
+    admin_token: Option<RawSecret>,
     #[serde(with = "humantime_serde")]
     shutdown_timeout: Duration,
 }
@@ -55,9 +62,27 @@ pub(super) fn check_server(raw: RawServer, p: &mut Problems) -> ServerSettings {
     }
     positive("server.request_timeout", raw.request_timeout, p);
     positive("server.shutdown_timeout", raw.shutdown_timeout, p);
+    bounded_size(
+        "server.body_limit",
+        raw.body_limit.as_u64(),
+        MAX_BODY_LIMIT,
+        p,
+    );
+    bounded(
+        "server.request_timeout",
+        raw.request_timeout,
+        MAX_REQUEST_TIMEOUT,
+        p,
+    );
+    bounded(
+        "server.shutdown_timeout",
+        raw.shutdown_timeout,
+        MAX_SHUTDOWN_TIMEOUT,
+        p,
+    );
     let admin_token = raw
         .admin_token
-        .as_deref()
+        .as_ref()
         .and_then(|t| secret(t, "server.admin_token", p));
     ServerSettings {
         listen,

@@ -2,7 +2,8 @@
 //! behind a bearer token. Handlers stay thin: auth, one store call, JSON.
 
 use super::error::ApiError;
-use crate::run::{RunId, RunStatus};
+use crate::run::{Run, RunId, RunStatus};
+use crate::secret::{redact_url, Redactor};
 use crate::signing::ct_eq;
 use crate::store::{RunQuery, Store};
 use crate::topology::SharedTopology;
@@ -58,7 +59,45 @@ async fn get_run(
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()))??
         .ok_or(ApiError::RunNotFound(id))?;
-    Ok(Json(serde_json::to_value(run).unwrap_or(Value::Null)))
+    let redactor = state.topology.load().redactor.clone();
+    Ok(Json(present(&run, &redactor)))
+}
+
+/// A run as the admin API shows it: callback URLs without userinfo or
+/// query values (the record keeps them whole, delivery needs them), and
+/// known secrets scrubbed again, which also covers records written before
+/// a secret was configured.
+fn present(run: &Run, redactor: &Redactor) -> Value {
+    let v = redactor.scrub_json(serde_json::to_value(run).unwrap_or(Value::Null));
+    // A receiver may echo its URL (with the token in its query) in an answer.
+    let url_secrets = Redactor::new(
+        run.deliveries
+            .iter()
+            .flat_map(|d| url_secrets(&d.url))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+    );
+    let mut v = url_secrets.scrub_json(v);
+    if let Some(ds) = v.get_mut("deliveries").and_then(Value::as_array_mut) {
+        for d in ds {
+            if let Some(url) = d.get_mut("url") {
+                let shown = url.as_str().map(redact_url).unwrap_or_default();
+                *url = Value::String(shown);
+            }
+        }
+    }
+    v
+}
+
+/// The query values and password of a URL: what [`redact_url`] hides.
+fn url_secrets(url: &str) -> Vec<String> {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = u.query_pairs().map(|(_, v)| v.into_owned()).collect();
+    out.extend(u.password().map(str::to_string));
+    out
 }
 
 /// Query of `GET /runs`.
@@ -105,5 +144,55 @@ async fn list_runs(
     let next = (runs.len() == limit)
         .then(|| runs.last().map(|r| r.id.to_string()))
         .flatten();
+    let redactor = state.topology.load().redactor.clone();
+    let runs: Vec<Value> = runs.iter().map(|r| present(r, &redactor)).collect();
     Ok(Json(json!({ "runs": runs, "next": next })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Attempt, Observation, RunSpec};
+    use crate::time::Timestamp;
+
+    #[test]
+    fn runs_are_shown_without_url_tokens_or_known_secrets() {
+        let mut run = Run::accepted(
+            RunId::new(),
+            RunSpec::example(),
+            Timestamp(1_000),
+            Timestamp(99_000),
+        );
+        let url = "https://user:pa55word@h.example/cb?token=cbtok_123456&v=1";
+        run.finish(
+            Timestamp(2_000),
+            Observation {
+                status: RunStatus::Failed,
+                raw_status: None,
+                output: Some(json!({"echo": "Bearer slat_secret_1"})),
+                error: None,
+            },
+            &[url.to_string()],
+        );
+        run.deliveries[0].record(
+            Attempt {
+                at: Timestamp(2_001),
+                duration_ms: 1,
+                status_code: Some(500),
+                error: None,
+                response: Some(format!("no such hook: {url}")),
+            },
+            false,
+            Some(Timestamp(3_000)),
+        );
+        let shown = present(&run, &Redactor::new(["slat_secret_1"])).to_string();
+        for secret in ["cbtok_123456", "pa55word", "slat_secret_1"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("\"url\":\"https://h.example/cb?token=***&v=***\""),
+            "{shown}"
+        );
+        assert_eq!(run.deliveries[0].url, url, "the record keeps the full URL");
+    }
 }

@@ -57,7 +57,7 @@ pub fn verify(
                 .trim()
                 .parse()
                 .map_err(|_| deny("webhook-timestamp is not a unix timestamp"))?;
-            let skew = (now.unix_seconds() - ts).unsigned_abs();
+            let skew = now.unix_seconds().abs_diff(ts);
             if skew > tolerance.as_secs() {
                 return Err(deny("webhook-timestamp is outside the allowed tolerance"));
             }

@@ -2,15 +2,16 @@
 //! things are; vendor presets fill it in. Strict in what it sends, tolerant
 //! in what it accepts (unknown fields and statuses).
 
-use super::{PollRequest, Provider, ProviderError, StartRequest, Started};
+use super::{FailureKind, PollRequest, Provider, ProviderError, StartRequest, Started};
 use crate::backoff::parse_retry_after;
 use crate::config::SlateSettings;
 use crate::run::{Observation, RunStatus};
-use crate::secret::Secret;
+use crate::secret::{Redactor, Secret};
 use async_trait::async_trait;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Characters left as they are in a path segment (RFC 3986 unreserved).
@@ -22,6 +23,8 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Largest vendor error body kept in a run record.
 const MAX_ERROR_TEXT: usize = 2048;
+/// Largest part of a vendor answer quoted in an error (`last_error`).
+const MAX_EXCERPT: usize = 200;
 
 /// Where a JSON workflow API keeps things.
 #[derive(Debug, Clone)]
@@ -51,6 +54,53 @@ pub struct HttpProvider {
     headers: HeaderMap,
     timeout: Duration,
     client: reqwest::Client,
+    /// Scrubs vendor text before it is truncated (a cut could otherwise
+    /// leave half a token that the provider wrapper no longer recognizes).
+    redactor: Arc<Redactor>,
+}
+
+/// A vendor answer with a success status.
+struct Answer {
+    status: u16,
+    body: Value,
+    /// False when the body was not JSON (then `body` is `{"text": ...}`).
+    json: bool,
+}
+
+impl Answer {
+    /// A short quote of the answer for `last_error`.
+    fn excerpt(&self) -> String {
+        let text = match (&self.body, self.json) {
+            (Value::Object(o), false) => o
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            (v, _) => v.to_string(),
+        };
+        truncate(&text, MAX_EXCERPT)
+    }
+
+    fn bad(&self, what: &str) -> ProviderError {
+        let detail = if self.json {
+            format!(
+                "vendor answered HTTP {} {what}: {}",
+                self.status,
+                self.excerpt()
+            )
+        } else {
+            format!(
+                "vendor answered HTTP {} with a body that is not JSON ({what}): {}",
+                self.status,
+                self.excerpt()
+            )
+        };
+        ProviderError::Transient {
+            kind: FailureKind::BadAnswer,
+            detail,
+            retry_after: None,
+        }
+    }
 }
 
 /// The Slate preset, exactly as documented (see shared/providers.md).
@@ -115,7 +165,14 @@ impl HttpProvider {
             headers,
             timeout,
             client,
+            redactor: Arc::new(Redactor::default()),
         }
+    }
+
+    /// Scrubs the secrets `redactor` knows from vendor text before truncating it.
+    pub fn with_redactor(mut self, redactor: Arc<Redactor>) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     fn url(&self, template: &str, workflow_id: &str, run_id: &str) -> String {
@@ -131,13 +188,14 @@ impl HttpProvider {
         format!("{}{}", self.base_url, path)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, ProviderError> {
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Answer, ProviderError> {
         let resp = req
             .headers(self.headers.clone())
             .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| ProviderError::Transient {
+                kind: reqwest_kind(&e),
                 detail: describe_reqwest(&e),
                 retry_after: None,
             })?;
@@ -148,34 +206,66 @@ impl HttpProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let bytes = resp.bytes().await.map_err(|e| ProviderError::Transient {
+            kind: reqwest_kind(&e),
             detail: format!("reading response: {}", describe_reqwest(&e)),
             retry_after: None,
         })?;
-        let body = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
-            let text = String::from_utf8_lossy(&bytes);
-            json!({ "text": truncate(&text, MAX_ERROR_TEXT) })
-        });
-        if status.is_success() {
-            return Ok(body);
-        }
+        let (body, json) = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v) => (v, true),
+            Err(_) => {
+                let text = self.redactor.scrub(&String::from_utf8_lossy(&bytes));
+                (json!({ "text": truncate(&text, MAX_ERROR_TEXT) }), false)
+            }
+        };
         let code = status.as_u16();
-        if code == 429 || code == 408 || status.is_server_error() {
+        let answer = Answer {
+            status: code,
+            body,
+            json,
+        };
+        if status.is_success() {
+            return Ok(answer);
+        }
+        let kind = match code {
+            429 => Some(FailureKind::RateLimited),
+            408 => Some(FailureKind::Timeout),
+            _ if status.is_server_error() => Some(FailureKind::ServerError),
+            _ => None,
+        };
+        if let Some(kind) = kind {
             Err(ProviderError::Transient {
-                detail: format!("vendor answered HTTP {code}"),
+                kind,
+                detail: format!("vendor answered HTTP {code}: {}", answer.excerpt()),
                 retry_after,
             })
+        } else if code == 401 || code == 403 {
+            Err(ProviderError::Unauthorized {
+                status: code,
+                detail: format!(
+                    "vendor refused our credentials (HTTP {code}): {}",
+                    answer.excerpt()
+                ),
+            })
         } else {
-            Err(ProviderError::Rejected { status: code, body })
+            Err(ProviderError::Rejected {
+                status: code,
+                body: answer.body,
+            })
         }
     }
 
-    fn observe(&self, body: &Value) -> Observation {
-        let raw = self
-            .spec
+    /// The raw status of an answer, if it has one where the spec says.
+    fn raw_status(&self, body: &Value) -> Option<String> {
+        self.spec
             .status_pointers
             .iter()
             .find_map(|p| body.pointer(p).and_then(Value::as_str))
-            .map(str::to_string);
+            .filter(|s| !s.trim().is_empty())
+            .map(str::to_string)
+    }
+
+    fn observe(&self, body: &Value) -> Observation {
+        let raw = self.raw_status(body);
         let status = match &raw {
             Some(r) => self.normalize(r),
             None => RunStatus::Running,
@@ -223,6 +313,17 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
+/// The failure kind of a transport error.
+fn reqwest_kind(e: &reqwest::Error) -> FailureKind {
+    if e.is_timeout() {
+        FailureKind::Timeout
+    } else if e.is_connect() || e.is_request() || e.is_body() {
+        FailureKind::Connection
+    } else {
+        FailureKind::Other
+    }
+}
+
 /// Describes a transport error without the URL's query (which may carry tokens).
 fn describe_reqwest(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
@@ -256,21 +357,18 @@ impl Provider for HttpProvider {
             builder = builder.header(h.as_str(), req.run_id.idempotency_key());
         }
         let answer = self.send(builder).await?;
+        // With an idempotency key, asking again returns the same run.
         let vendor_run_id = self
             .spec
             .run_id_pointers
             .iter()
-            .find_map(|p| match answer.pointer(p)? {
+            .find_map(|p| match answer.body.pointer(p)? {
                 Value::String(s) if !s.is_empty() => Some(s.clone()),
                 Value::Number(n) => Some(n.to_string()),
                 _ => None,
             })
-            .ok_or_else(|| ProviderError::Transient {
-                // With an idempotency key, asking again returns the same run.
-                detail: "start answer carried no run id".into(),
-                retry_after: None,
-            })?;
-        let mut observation = self.observe(&answer);
+            .ok_or_else(|| answer.bad("without a run id"))?;
+        let mut observation = self.observe(&answer.body);
         if observation.raw_status.is_none() {
             observation.status = RunStatus::Queued;
         }
@@ -289,7 +387,12 @@ impl Provider for HttpProvider {
     async fn poll(&self, req: PollRequest<'_>) -> Result<Observation, ProviderError> {
         let url = self.url(&self.spec.status_path, req.workflow_id, req.vendor_run_id);
         let answer = self.send(self.client.get(url)).await?;
-        Ok(self.observe(&answer))
+        // A success without a status is a failed call (retried with
+        // backoff, recorded in last_error), never a silent `running`.
+        if self.raw_status(&answer.body).is_none() {
+            return Err(answer.bad("without a recognizable status"));
+        }
+        Ok(self.observe(&answer.body))
     }
 }
 
@@ -335,6 +438,31 @@ mod tests {
             (odd.status, odd.raw_status.as_deref()),
             (RunStatus::Running, Some("PAUSED_FOR_LUNCH"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_transient_connection_failure() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let s = SlateSettings {
+            base_url: format!("http://127.0.0.1:{port}/api"),
+            token: Secret::new("slat_1"),
+            workspace_id: None,
+            timeout: Duration::from_secs(2),
+        };
+        let e = slate(&s, reqwest::Client::new());
+        let req = PollRequest {
+            workflow_id: "wf",
+            vendor_run_id: "r",
+        };
+        match e.poll(req).await {
+            Err(err @ ProviderError::Transient { .. }) => {
+                assert_eq!(err.kind(), FailureKind::Connection, "{err:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

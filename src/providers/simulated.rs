@@ -47,7 +47,7 @@ impl Simulated {
                 output,
                 error,
             }
-        } else if elapsed * 5 < total {
+        } else if elapsed.saturating_mul(5) < total {
             queued()
         } else {
             Observation {

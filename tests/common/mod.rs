@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod vendor;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -447,6 +448,8 @@ pub struct Daemon {
     pub http: reqwest::Client,
     pub hook_http: reqwest::Client,
     pub config_path: PathBuf,
+    /// Extra environment of the daemon (set after the scrub).
+    env: Vec<(String, String)>,
     dir: TempDir,
 }
 
@@ -459,6 +462,12 @@ impl Daemon {
     }
 
     pub async fn start_with_text(dir: TempDir, text: &str) -> Daemon {
+        Daemon::start_with_env(dir, text, &[]).await
+    }
+
+    /// Like [`Daemon::start_with_text`], with extra environment variables
+    /// (e.g. `RUNBRIDGE_LOG=debug`).
+    pub async fn start_with_env(dir: TempDir, text: &str, env: &[(&str, &str)]) -> Daemon {
         let config_path = dir.path().join("runbridge.toml");
         std::fs::write(&config_path, text).expect("write config");
         let mut d = Daemon {
@@ -471,6 +480,10 @@ impl Daemon {
             http: http_client(),
             hook_http: hook_client(),
             config_path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
         };
         d.spawn().await;
@@ -529,6 +542,7 @@ impl Daemon {
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
         scrub_env(&mut cmd);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn runbridge");
         let stdout = child.stdout.take().expect("stdout piped");
         let lines = Arc::new(Mutex::new(Vec::new()));
