@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod signing;
 pub mod store;
+pub mod template;
 pub mod throttle;
 pub mod time;
 pub mod topology;
