@@ -82,12 +82,10 @@ pub async fn run(
         wake: wake.clone(),
         budget: http::body::BodyBudget::new(server.body_buffer_limit, health.clone()),
     });
-    let listener = tokio::net::TcpListener::bind(server.listen)
-        .await
-        .map_err(|source| StartupError::Bind {
-            addr: server.listen,
-            source,
-        })?;
+    let listener = http::conn::bind(server.listen).map_err(|source| StartupError::Bind {
+        addr: server.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartupError::Bind {
         addr: server.listen,
         source,

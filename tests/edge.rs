@@ -411,6 +411,62 @@ async fn heavy_idle_connections_and_slow_headers_under_a_1024_descriptor_limit()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_with_every_connection_busy_a_new_one_gets_a_json_503() {
+    let cfg = EdgeCfg {
+        max_connections: 4,
+        ..EdgeCfg::default()
+    };
+    let d = EdgeDaemon::start(&cfg, None).await;
+    // Four requests in flight: headers sent, body only half written.
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(d.addr).await.expect("connect");
+        s.write_all(b"POST /hooks/open HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n{\"id\":")
+            .await
+            .expect("write");
+        busy.push(s);
+    }
+    let r = poll_until("a 503 at the connection cap", DEADLINE, || async {
+        let r = exchange_async(d.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n".to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status == 503 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await;
+    assert_json_error(&r, 503, "too_many_connections", "at the cap");
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{r:?}");
+    // The busy requests still complete once their bodies arrive.
+    for (i, mut s) in busy.into_iter().enumerate() {
+        let rest = format!("\"b{i}\"}}");
+        let pad = 20 - 6 - rest.len();
+        s.write_all(format!("{rest}{}", " ".repeat(pad)).as_bytes())
+            .await
+            .expect("finish body");
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if parse_response(&buf).is_some_and(|r| !r.body.is_empty()) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let r = parse_response(&buf).expect("an answer to the busy request");
+        assert_eq!(r.status, 202, "busy request #{i}: {r:?}");
+    }
+    d.terminate().await;
+}
+
 // ---------------------------------------------------------------------------
 // Unauthenticated bodies and the body buffer bound
 // ---------------------------------------------------------------------------

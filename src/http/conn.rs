@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -142,31 +142,29 @@ struct Timeouts {
     idle: Duration,
 }
 
-/// Open connections, by accept order.
+/// Open connections, by accept order (ids only grow).
 #[derive(Default)]
 struct Registry {
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    conns: Mutex<BTreeMap<u64, Arc<Conn>>>,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a new connection if there is room, making room by evicting
-    /// the longest-idle connection when at the cap. `None`: all are busy.
+    /// the oldest idle connection (in accept order: usually the first one
+    /// looked at, so a flood at the cap costs little) when at the cap.
+    /// `None`: every connection has a request in flight.
     fn admit(&self, cap: usize) -> Option<(u64, Arc<Conn>)> {
         let mut conns = self.lock();
         if conns.len() >= cap {
-            let victim = conns
-                .iter()
-                .filter_map(|(id, c)| {
-                    let s = c.lock();
-                    (s.inflight == 0 && !s.evicted).then_some((s.since, *id))
-                })
-                .min()
-                .map(|(_, id)| id)?;
+            let victim = conns.iter().find_map(|(id, c)| {
+                let s = c.lock();
+                (s.inflight == 0 && !s.evicted).then_some(*id)
+            })?;
             if let Some(c) = conns.remove(&victim) {
                 c.lock().evicted = true;
                 c.wake.notify_one();
@@ -189,6 +187,24 @@ impl Registry {
     fn remove(&self, id: u64) {
         self.lock().remove(&id);
     }
+}
+
+/// Pending connections the kernel may queue before we accept them (capped
+/// by `net.core.somaxconn`): a burst of connects larger than the queue
+/// waits a second for a SYN retransmit, so queue generously.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listener (with `SO_REUSEADDR`, like `TcpListener::bind`, and a
+/// deeper accept queue than its 1,024).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Everything the accept loop needs.
@@ -458,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn eviction_takes_the_longest_idle_and_spares_busy_ones() {
+    fn eviction_takes_the_oldest_idle_and_spares_busy_ones() {
         let r = Registry::default();
         let (a, ca) = r.admit(2).unwrap();
         let (_b, cb) = r.admit(2).unwrap();

@@ -33,6 +33,7 @@ pub struct EdgeCfg {
     pub idle_timeout: &'static str,
     pub max_headers: usize,
     pub max_header_bytes: &'static str,
+    pub max_connections: usize,
 }
 
 impl Default for EdgeCfg {
@@ -45,6 +46,7 @@ impl Default for EdgeCfg {
             idle_timeout: "5s",
             max_headers: 32,
             max_header_bytes: "8KiB",
+            max_connections: 10_000,
         }
     }
 }
@@ -63,6 +65,7 @@ header_read_timeout = {hrt}
 idle_timeout = {idle}
 max_headers = {mh}
 max_header_bytes = {mhb}
+max_connections = {mc}
 admin_token = {admin}
 shutdown_timeout = "5s"
 
@@ -98,6 +101,7 @@ pointer = "/id"
             idle = toml_str(self.idle_timeout),
             mh = self.max_headers,
             mhb = toml_str(self.max_header_bytes),
+            mc = self.max_connections,
             admin = toml_str(ADMIN),
             db = toml_str(&dir.join("db").to_string_lossy()),
             gh = toml_str(EDGE_GH_SECRET),
