@@ -199,3 +199,76 @@ pub(super) fn check_server(raw: RawServer, p: &mut Problems) -> ServerSettings {
         linger_timeout: raw.linger_timeout,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{ConfigError, Settings};
+
+    fn load(server: &str) -> Result<Settings, ConfigError> {
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server}");
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        Settings::from_config(cfg)
+    }
+
+    fn problems_at(server: &str) -> Vec<String> {
+        match load(server) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.into_iter().map(|p| p.key).collect(),
+        }
+    }
+
+    #[test]
+    fn edge_defaults() {
+        let s = load("").unwrap().server;
+        assert_eq!(s.header_read_timeout.as_secs(), 10);
+        assert_eq!(s.idle_timeout.as_secs(), 75);
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.max_headers, 100);
+        assert_eq!(s.max_header_bytes, 16 * 1024);
+        assert_eq!(s.body_buffer_limit, 64 * 1024 * 1024);
+        assert_eq!(s.linger_bytes, 16 * 1024 * 1024);
+        assert_eq!(s.linger_timeout.as_secs(), 10);
+        let big = load("body_limit = \"32MiB\"").unwrap().server;
+        assert_eq!(
+            big.body_buffer_limit,
+            128 * 1024 * 1024,
+            "the default buffer holds four bodies at the limit"
+        );
+    }
+
+    #[test]
+    fn edge_keys_have_maxima() {
+        for (toml, key) in [
+            ("header_read_timeout = \"2h\"", "server.header_read_timeout"),
+            ("header_read_timeout = \"0s\"", "server.header_read_timeout"),
+            ("idle_timeout = \"9000y\"", "server.idle_timeout"),
+            ("linger_timeout = \"2h\"", "server.linger_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = 2000000", "server.max_connections"),
+            ("max_headers = 5000", "server.max_headers"),
+            ("max_headers = 1", "server.max_headers"),
+            ("max_header_bytes = \"2MiB\"", "server.max_header_bytes"),
+            ("max_header_bytes = \"100B\"", "server.max_header_bytes"),
+            ("body_buffer_limit = \"64GiB\"", "server.body_buffer_limit"),
+            ("linger_bytes = \"2GiB\"", "server.linger_bytes"),
+            (
+                "body_limit = \"2MiB\"\nbody_buffer_limit = \"1MiB\"",
+                "server.body_buffer_limit",
+            ),
+        ] {
+            let keys = problems_at(toml);
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{toml:?} should be a problem at {key}; got {keys:?}"
+            );
+        }
+        let at_max =
+            "header_read_timeout = \"1h\"\nidle_timeout = \"1h\"\nlinger_timeout = \"1h\"\n\
+             max_connections = 1000000\nmax_headers = 1024\nmax_header_bytes = \"1MiB\"\n\
+             body_buffer_limit = \"16GiB\"\nlinger_bytes = \"1GiB\"";
+        assert!(load(at_max).is_ok(), "{:?}", problems_at(at_max));
+    }
+}
