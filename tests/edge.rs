@@ -467,6 +467,73 @@ async fn at_the_cap_with_every_connection_busy_a_new_one_gets_a_json_503() {
     d.terminate().await;
 }
 
+/// Reads from `s` until the server closes it; returns how long that took.
+async fn until_closed(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t0.elapsed()), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(t0.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_closes_and_shutdown_lets_in_flight_requests_finish() {
+    let cfg = EdgeCfg {
+        idle_timeout: "1s",
+        ..EdgeCfg::default()
+    };
+    let mut d = EdgeDaemon::start(&cfg, None).await;
+
+    // A keep-alive connection idle after its answer is closed after ~1s.
+    let mut ka = TcpStream::connect(d.addr).await.expect("connect");
+    ka.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = ka.read(&mut buf).await.expect("answer");
+    assert!(parse_response(&buf[..n]).is_some_and(|r| r.status == 200));
+    let idle = until_closed(&mut ka, Duration::from_secs(10))
+        .await
+        .expect("the idle keep-alive connection was never closed");
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(4),
+        "closed after {idle:?}, expected about idle_timeout = 1s"
+    );
+
+    // Shutdown: an idle connection closes at once, a request in flight
+    // (body half sent) still completes, then the daemon exits 0.
+    let mut idle_conn = TcpStream::connect(d.addr).await.expect("connect");
+    let mut busy = TcpStream::connect(d.addr).await.expect("connect");
+    busy.write_all(b"POST /hooks/open HTTP/1.1\r\nhost: x\r\ncontent-length: 16\r\n\r\n{\"id\":")
+        .await
+        .expect("write");
+    // Wait until the daemon counts the busy request's connection.
+    poll_until("two connections open", DEADLINE, || async {
+        let r = d.readyz().await;
+        let n = r["edge"]["connections"].as_u64().unwrap_or(0);
+        if n >= 3 {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    })
+    .await;
+    d.sigterm().await;
+    let closed = until_closed(&mut idle_conn, Duration::from_secs(4)).await;
+    assert!(closed.is_some(), "an idle connection closes at shutdown");
+    busy.write_all(b"\"sd\"}     ").await.expect("finish body");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(4), busy.read_to_end(&mut out)).await;
+    let r = parse_response(&out).expect("the in-flight request is answered");
+    assert_eq!(r.status, 202, "{r:?}");
+    let status = d.wait_exit(Duration::from_secs(8)).await.expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Unauthenticated bodies and the body buffer bound
 // ---------------------------------------------------------------------------

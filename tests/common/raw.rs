@@ -220,6 +220,23 @@ impl EdgeDaemon {
         (r.status, r.json)
     }
 
+    /// Sends SIGTERM without waiting.
+    pub async fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .await;
+    }
+
+    /// Waits up to `limit` for the exit; `None` if still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
     pub async fn terminate(self) {
         self.stop().await;
     }
