@@ -284,7 +284,39 @@ async fn heavy_early_answers_reach_a_client_that_writes_its_whole_body_first() {
             assert_json_error(r, status, code, path);
         }
     }
+    // Refused before a body byte was buffered: declared length over the
+    // limit, token checked before the body.
+    let ready = d.readyz().await;
+    assert_eq!(
+        ready["edge"]["body_bytes_buffered_peak"],
+        json!(0),
+        "{ready}"
+    );
+    // A chunked body (no declared length) is cut off at the limit as it
+    // arrives, and the sender still reads the 413.
+    let mut chunked =
+        b"POST /hooks/gh HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(format!("{:x}\r\n", MIB).as_bytes());
+        chunked.extend_from_slice(&body[..MIB]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for i in 0..10 {
+        let r = exchange_async(d.addr, chunked.clone())
+            .await
+            .unwrap_or_else(|e| panic!("chunked #{i}: {e}"));
+        assert_json_error(&r, 413, "payload_too_large", "chunked");
+    }
     eprintln!("100 early answers to 3 MiB bodies in {:?}", t0.elapsed());
+    // The chunked ones held at most a limit's worth (plus one chunk).
+    let ready = d.readyz().await;
+    let peak = ready["edge"]["body_bytes_buffered_peak"].as_u64();
+    assert!(
+        peak.is_some_and(|p| p > 0 && p <= 2 * MIB as u64),
+        "{ready}"
+    );
+    assert_eq!(ready["edge"]["body_bytes_buffered"], json!(0), "{ready}");
     d.terminate().await;
 }
 
