@@ -73,7 +73,7 @@ pub async fn run(
         max_connections = cap,
         configured_max_connections = server.max_connections,
         body_buffer_limit = server.body_buffer_limit,
-        "descriptor limit raised; connection cap set below it"
+        "descriptor limit (soft raised to hard) and the connection cap below it"
     );
     let app = http::router(EdgeState {
         store: store.clone(),

@@ -129,7 +129,9 @@ where
 /// How much of an unread body is read and discarded after an early answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Linger {
+    /// Discard at most this many bytes (`server.linger_bytes`)...
     pub bytes: u64,
+    /// ...for at most this long (`server.linger_timeout`).
     pub timeout: Duration,
 }
 

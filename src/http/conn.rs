@@ -50,8 +50,11 @@ const OVERLOAD_LINGER: Duration = Duration::from_secs(1);
 /// The soft and hard `RLIMIT_NOFILE`, before and after the raise at start.
 #[derive(Debug, Clone, Copy)]
 pub struct DescriptorLimits {
+    /// The soft limit the process was started with.
     pub soft_before: u64,
+    /// The soft limit now (the hard one, unless raising failed).
     pub soft: u64,
+    /// The hard limit, set by the operator (`LimitNOFILE=`, `ulimit -Hn`).
     pub hard: u64,
 }
 
@@ -209,9 +212,13 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Everything the accept loop needs.
 pub struct Edge {
+    /// The axum router serving every request.
     pub router: Router,
+    /// Timeouts, header limits and lingering close.
     pub server: ServerSettings,
+    /// The connection cap, from [`connection_cap`].
     pub cap: usize,
+    /// Where the connection gauge lives.
     pub health: Arc<Health>,
 }
 
