@@ -8,7 +8,6 @@ use crate::scheduler::Scheduler;
 use crate::store::sled::SledStore;
 use crate::store::Store;
 use crate::topology::{self, Topology};
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,31 +73,43 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
 
     let health = Arc::new(Health::default());
+    let fds = http::conn::raise_descriptor_limit();
+    let cap = http::conn::connection_cap(fds.soft, server.max_connections);
+    tracing::info!(
+        soft_before = fds.soft_before,
+        soft = fds.soft,
+        hard = fds.hard,
+        max_connections = cap,
+        configured_max_connections = server.max_connections,
+        body_buffer_limit = server.body_buffer_limit,
+        "descriptor limit (soft raised to hard) and the connection cap below it"
+    );
     let app = http::router(EdgeState {
         store: store.clone(),
         topology: topology.clone(),
         health: health.clone(),
         wake: wake.clone(),
+        budget: http::body::BodyBudget::new(server.body_buffer_limit, health.clone()),
     });
-    let listener = tokio::net::TcpListener::bind(server.listen)
-        .await
-        .map_err(|source| StartupError::Bind {
-            addr: server.listen,
-            source,
-        })?;
+    let listener = http::conn::bind(server.listen).map_err(|source| StartupError::Bind {
+        addr: server.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartupError::Bind {
         addr: server.listen,
         source,
     })?;
 
+    let edge = http::conn::Edge {
+        router: app,
+        server: server.clone(),
+        cap,
+        health: health.clone(),
+    };
     let scheduler = Scheduler::new(store.clone(), topology.clone(), client, wake, health);
     let sched_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let sweep_task = tokio::spawn(scheduler.clone().sweep(shutdown.clone()));
-    let http = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let http = tokio::spawn(http::conn::serve(listener, edge, shutdown.clone()));
     tracing::info!(%addr, unfinished, "runbridge ready");
     on_ready(addr);
 

@@ -50,9 +50,10 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
 async fn get_run(
     State(state): State<AdminState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let run_id: RunId = id.parse().map_err(|_| ApiError::RunNotFound(id.clone()))?;
     let store = state.store.clone();
     let run = tokio::task::spawn_blocking(move || store.get_run(run_id))

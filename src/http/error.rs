@@ -25,6 +25,43 @@ pub enum ApiError {
     Timeout(std::time::Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An answer the router or an extractor produced without a body of our
+    /// shape (404 unknown path, 405, rejections...), rewritten into it.
+    #[error("{1}")]
+    Status(StatusCode, String),
+}
+
+/// The `error` code of a bare HTTP status (answers axum or our edge make
+/// without a more specific error).
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "unprocessable_entity",
+        431 => "headers_too_large",
+        500 => "internal_error",
+        503 => "unavailable",
+        s if s >= 500 => "server_error",
+        _ => "client_error",
+    }
+}
+
+/// The body of the canned `503` the accept loop writes itself when every
+/// connection is busy (it has no router to ask).
+pub fn at_capacity_body() -> String {
+    json!({
+        "error": "too_many_connections",
+        "message": "the server is at its connection limit; retry later",
+    })
+    .to_string()
 }
 
 impl ApiError {
@@ -51,6 +88,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            ApiError::Status(status, _) => (*status, code_for_status(*status)),
         }
     }
 }

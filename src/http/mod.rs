@@ -3,6 +3,8 @@
 //! errors to JSON answers ([`error`]).
 
 pub mod admin;
+pub mod body;
+pub mod conn;
 pub mod error;
 
 use crate::health::Health;
@@ -12,18 +14,24 @@ use crate::time::Timestamp;
 use crate::topology::SharedTopology;
 use admin::AdminState;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use body::{BodyBudget, ReadError};
 use error::ApiError;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// Longest request target (path and query) we accept; longer gets a JSON
+/// 414. hyper itself refuses targets over 65,534 bytes with a bare 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// What the edge's handlers share.
 #[derive(Clone)]
@@ -33,6 +41,8 @@ pub struct EdgeState {
     pub health: Arc<Health>,
     /// Notified when a new run is due (wakes the scheduler).
     pub wake: Arc<Notify>,
+    /// The global bound on buffered body bytes.
+    pub budget: BodyBudget,
 }
 
 struct HeaderView<'a>(&'a HeaderMap);
@@ -41,46 +51,70 @@ impl Headers for HeaderView<'_> {
     fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).and_then(|v| v.to_str().ok())
     }
+
+    fn raw(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(HeaderValue::as_bytes)
+    }
 }
 
+/// What reading and checking a hook request ends in, before the store.
+enum Checked {
+    /// Refused before the body was read (or while reading it).
+    Early(IngressError),
+    Ready(Box<ingress::Prepared>),
+}
+
+/// `POST /hooks/{route}`. `request_timeout` bounds reading and verifying;
+/// once the run is handed to the store the answer waits for the write's
+/// outcome, so a 2xx always has its run and an error never leaves one.
 async fn hook(
     State(st): State<EdgeState>,
-    Path(route): Path<String>,
+    route: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Path(route) = route.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let topo = st.topology.load_full();
-    if !topo.settings.routes.contains_key(&route) {
-        return Ok(unread_body(IngressError::RouteNotFound(route)));
-    }
-    let limit = topo.settings.server.body_limit;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Ok(unread_body(IngressError::PayloadTooLarge(limit)));
-    }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Ok(unread_body(IngressError::PayloadTooLarge(limit)));
+    let settings = &topo.settings;
+    let timeout = settings.server.request_timeout;
+    let now = Timestamp::now();
+    let view = HeaderView(&headers);
+    let mut held = st.budget.hold();
+    let checked = tokio::time::timeout(timeout, async {
+        if let Err(e) = ingress::before_body(settings, &route, &view, now) {
+            return Ok(Checked::Early(e));
         }
-        Err(e) => {
-            return Err(ApiError::BadRequest(format!(
-                "could not read the body: {e}"
-            )))
-        }
+        let limit = settings.server.body_limit;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let bytes = match body::read_limited(body, limit, declared, &mut held).await {
+            Ok(b) => b,
+            Err(ReadError::TooLarge) => {
+                return Ok(Checked::Early(IngressError::PayloadTooLarge(limit)))
+            }
+            Err(ReadError::Io(e)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "could not read the body: {e}"
+                )))
+            }
+        };
+        ingress::prepare(settings, &route, &view, &bytes, now)
+            .map(|p| Checked::Ready(Box::new(p)))
+            .map_err(ApiError::from)
+    })
+    .await;
+    let prepared = match checked {
+        Err(_) => return Err(ApiError::Timeout(timeout)),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(Checked::Early(e))) => return Ok(unread_body(e)),
+        Ok(Ok(Checked::Ready(p))) => p,
     };
-    let accepted = ingress::accept(
-        &topo.settings,
-        &*st.store,
-        &route,
-        &HeaderView(&headers),
-        &bytes,
-        Timestamp::now(),
-    )
-    .await?;
+    // No deadline from here on: the write's outcome decides the answer.
+    let accepted = ingress::persist(&*st.store, *prepared).await?;
+    drop(held);
     let status = if accepted.duplicate {
         StatusCode::OK
     } else {
@@ -93,14 +127,13 @@ async fn hook(
     Ok((status, [(header::LOCATION, status_url)], Json(body)).into_response())
 }
 
-/// An early rejection that leaves the request body unread: hyper will close
-/// the connection, so say so and the client won't reuse it for a next request.
+/// An early rejection that may leave the request body unread: the rest is
+/// drained in the background (lingering close) while the answer goes out,
+/// and the connection closes after it, so say so.
 fn unread_body(e: IngressError) -> Response {
     let mut resp = ApiError::from(e).into_response();
-    resp.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -146,12 +179,17 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-/// The HTTP surface.
+/// The HTTP surface: every answer, including the router's own 404/405 and
+/// extractor rejections, is JSON of the documented shape.
 pub fn router(st: EdgeState) -> Router {
     let server = st.topology.load().settings.server.clone();
     let admin = AdminState {
         store: st.store.clone(),
         topology: st.topology.clone(),
+    };
+    let limits = HeaderLimits {
+        max_headers: server.max_headers,
+        max_header_bytes: server.max_header_bytes,
     };
     Router::new()
         .route("/hooks/{route}", post(hook))
@@ -165,18 +203,123 @@ pub fn router(st: EdgeState) -> Router {
             server.request_timeout,
             deadline,
         ))
+        .layer(axum::middleware::from_fn_with_state(limits, header_limits))
+        .layer(axum::middleware::map_response(json_errors))
 }
 
 /// Bounds a whole request (slow senders included) and answers like every
-/// other error. A hook cut off while its run is being persisted may still be
-/// persisted: the sender's retry then meets the dedupe record.
+/// other error. Hooks keep their own deadline (see [`hook`]): theirs stops
+/// where the store write starts.
 async fn deadline(
     State(limit): State<Duration>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if req.uri().path().starts_with("/hooks/") {
+        return next.run(req).await;
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => ApiError::Timeout(limit).into_response(),
     }
+}
+
+#[derive(Clone, Copy)]
+struct HeaderLimits {
+    max_headers: usize,
+    max_header_bytes: usize,
+}
+
+/// `server.max_headers`, `server.max_header_bytes` and [`MAX_URI_BYTES`],
+/// answered in JSON. hyper's parser enforces looser backstops itself
+/// (see `conn::hyper_backstops`) with bare answers.
+async fn header_limits(
+    State(l): State<HeaderLimits>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        let msg = format!("the request target is longer than {MAX_URI_BYTES} bytes");
+        return close_after(ApiError::Status(StatusCode::URI_TOO_LONG, msg));
+    }
+    if req.headers().len() > l.max_headers {
+        let msg = format!("more than {} header fields", l.max_headers);
+        return close_after(ApiError::Status(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            msg,
+        ));
+    }
+    let bytes = req.method().as_str().len()
+        + uri_len
+        + 12
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if bytes > l.max_header_bytes {
+        let msg = format!(
+            "request line and headers exceed {} bytes",
+            l.max_header_bytes
+        );
+        return close_after(ApiError::Status(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            msg,
+        ));
+    }
+    next.run(req).await
+}
+
+fn close_after(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Rewrites every error answer that is not JSON yet (axum's 405 with an
+/// empty body, path and query rejections in text/plain...) into the
+/// documented shape, keeping its status and headers (`Allow` on a 405).
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = match http_body_util::Limited::new(body, 4096).collect().await {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let message = if !text.is_empty() {
+        text
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        format!("method not allowed here; allowed: {allow}")
+    } else {
+        status
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_string()
+    };
+    let rewritten = ApiError::Status(status, message).into_response();
+    let (new_parts, new_body) = rewritten.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (k, v) in new_parts.headers.iter() {
+        parts.headers.insert(k.clone(), v.clone());
+    }
+    Response::from_parts(parts, new_body)
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 pub fn inputs(
     specs: &[InputSettings],
     payload: &Value,
-    headers: &impl Headers,
+    headers: &(impl Headers + ?Sized),
 ) -> Result<Value, String> {
     if specs.is_empty() {
         return match payload {
