@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod health;
 pub mod http;
 pub mod ingress;
+pub mod limit;
 pub mod providers;
 pub mod receiver;
 pub mod run;
