@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::disk::{DiskKind, SmallDisk};
 use common::*;
-use serde_json::Value;
 use tokio::sync::watch;
 
 const SHUTDOWN: Duration = Duration::from_secs(5);
@@ -99,17 +98,6 @@ impl Load {
     }
 }
 
-async fn readyz(d: &Daemon) -> (u16, Value) {
-    let resp = d
-        .http
-        .get(d.url("/readyz"))
-        .send()
-        .await
-        .expect("GET /readyz");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// Every run id in the store (paged through the admin API).
 async fn all_run_ids(d: &Daemon) -> Vec<String> {
     let mut ids = Vec::new();
@@ -162,7 +150,7 @@ async fn heavy_disk_full_under_load_answers_503_recovers_without_restart_and_red
     let fault_seen = Instant::now();
     let detected_after = fault_seen - fill_at;
     let fault_body = poll_until("/readyz unready with the fault", DEADLINE, || async {
-        let (status, body) = readyz(&d).await;
+        let (status, body) = d.readiness().await;
         (status == 503 && body["store"]["fault"]["error"].is_string())
             .then_some(body.clone())
             .ok_or(format!("{status} {body}"))
@@ -191,7 +179,7 @@ async fn heavy_disk_full_under_load_answers_503_recovers_without_restart_and_red
     let window = unready_at.elapsed();
     let answered_503 = load.count(503, unready_at);
     let accepted_in_fault = load.count(202, unready_at);
-    let (_, still) = readyz(&d).await;
+    let (_, still) = d.readiness().await;
     let failures = still["store"]["fault"]["failures"].as_u64().unwrap_or(0);
     assert_eq!(
         accepted_in_fault, 0,
@@ -225,7 +213,7 @@ async fn heavy_disk_full_under_load_answers_503_recovers_without_restart_and_red
         "recovery took {recovered_after:?}"
     );
     poll_until("/readyz ready again", DEADLINE, || async {
-        let (status, body) = readyz(&d).await;
+        let (status, body) = d.readiness().await;
         (status == 200)
             .then_some(())
             .ok_or(format!("{status} {body}"))
@@ -317,7 +305,7 @@ async fn heavy_sigterm_during_a_store_fault_exits_within_the_shutdown_timeout_wi
     // store, and their saves go into backoff.
     disk.fill(d.pid());
     poll_until("/readyz unready with the fault", DEADLINE, || async {
-        let (status, body) = readyz(&d).await;
+        let (status, body) = d.readiness().await;
         (status == 503)
             .then_some(())
             .ok_or(format!("{status} {body}"))

@@ -8,24 +8,12 @@ use std::time::Duration;
 
 use common::vendor::{Scripted, ScriptedVendor};
 use common::*;
-use serde_json::Value;
 
 async fn config(vendor: &ScriptedVendor, rx: &Receiver, callback_query: &str) -> Config {
     let mut cfg = Config::new(&FakeSlate::start().await)
         .route(RouteCfg::new("gh", "wf_x").callback(&format!("{}{callback_query}", rx.url())));
     cfg.slate_base = vendor.base_url();
     cfg
-}
-
-async fn readyz(d: &Daemon) -> (u16, Value) {
-    let resp = d
-        .http
-        .get(d.url("/readyz"))
-        .send()
-        .await
-        .expect("GET /readyz");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Log lines of the daemon's stderr that contain every one of `needles`.
@@ -58,7 +46,7 @@ async fn start_refused_with_401_is_retried_until_the_token_works_and_readyz_stay
     assert_eq!(run["phase"], "starting", "{run}");
     let last_error = run["last_error"].as_str().unwrap_or_default();
     assert!(last_error.contains("401"), "{run}");
-    let (status, body) = readyz(&d).await;
+    let (status, body) = d.readiness().await;
     assert_eq!(
         status, 200,
         "one refused vendor token must not make us unready: {body}"
@@ -101,7 +89,7 @@ async fn start_refused_with_401_is_retried_until_the_token_works_and_readyz_stay
     let cbs = rx.for_run(&id);
     assert_eq!(cbs.len(), 1, "{cbs:?}");
     assert_eq!(cbs[0].event_type(), "run.succeeded");
-    let (status, body) = readyz(&d).await;
+    let (status, body) = d.readiness().await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body["providers"].as_object().is_some_and(|m| m.is_empty()),

@@ -645,6 +645,18 @@ impl Daemon {
         format!("{}{}", self.base, path)
     }
 
+    /// `GET /readyz`: the status code and the JSON body (`null` if not JSON).
+    pub async fn readiness(&self) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .expect("GET /readyz");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// POST raw bytes to /hooks/{route} with exactly the given headers.
     pub async fn post_hook(
         &self,
