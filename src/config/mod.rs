@@ -97,6 +97,19 @@ pub struct Settings {
 impl Settings {
     /// Loads a TOML file with environment overrides and checks it.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        if !path.exists() {
+            let looked = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(ConfigError(vec![Problem {
+                key: path.display().to_string(),
+                message: format!(
+                    "no configuration file at {} (a relative path is read from the working directory, {cwd}); pass --config PATH or set RUNBRIDGE_CONFIG",
+                    looked.display()
+                ),
+            }]));
+        }
         let env = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
@@ -158,6 +171,7 @@ impl Settings {
         let scheduler = check_scheduler(scheduler, &mut p);
         let delivery = check_delivery(delivery, &mut p);
 
+        let declared: std::collections::BTreeSet<String> = raw_providers.keys().cloned().collect();
         let mut providers = BTreeMap::new();
         for (name, value) in raw_providers {
             let key = format!("providers.{name}");
@@ -173,7 +187,7 @@ impl Settings {
             let key = format!("routes.{name}");
             check_name(&key, &name, &mut p);
             if let Some(raw) = p.parse::<RawRoute>(&key, Some(value)) {
-                if let Some(settings) = check_route(&key, raw, &providers, &mut p) {
+                if let Some(settings) = check_route(&key, raw, &declared, &mut p) {
                     routes.insert(name, settings);
                 }
             }
@@ -264,8 +278,29 @@ fn check_name(key: &str, name: &str, p: &mut Problems) {
     }
 }
 
-/// Resolves `env:NAME`, `file:/path` or a literal.
+/// Resolves `env:NAME`, `file:/path`, `credential:NAME` (a systemd
+/// credential: the file `NAME` in `$CREDENTIALS_DIRECTORY`, as
+/// `LoadCredential=` provides it) or a literal.
 pub fn resolve_secret(raw: &str, key: &str, p: &mut impl FnMut(String, String)) -> Option<Secret> {
+    if let Some(name) = raw.strip_prefix("credential:") {
+        let valid = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        if !valid {
+            p(
+                key.into(),
+                format!("credential name {name:?} must be a plain file name"),
+            );
+            return None;
+        }
+        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+            p(
+                key.into(),
+                format!("credential {name:?}: $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the systemd unit)"),
+            );
+            return None;
+        };
+        let path = std::path::Path::new(&dir).join(name);
+        return resolve_secret(&format!("file:{}", path.display()), key, p);
+    }
     if let Some(var) = raw.strip_prefix("env:") {
         match std::env::var(var) {
             Ok(v) if !v.is_empty() => Some(Secret::new(v)),

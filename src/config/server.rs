@@ -30,7 +30,11 @@ pub const MAX_LINGER_BYTES: u64 = 1024 * 1024 * 1024;
 /// `[server]`
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// Where webhooks and the admin API are served (unless systemd passes a socket).
     pub listen: SocketAddr,
+    /// A separate address for `/healthz`, `/readyz` and `/metrics`, so they
+    /// need not face the internet; when set they leave the main listener.
+    pub ops_listen: Option<SocketAddr>,
     pub body_limit: usize,
     pub request_timeout: Duration,
     /// `None` disables the admin API (it answers 403).
@@ -58,6 +62,7 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawServer {
     listen: String,
+    ops_listen: Option<String>,
     body_limit: ByteSize,
     #[serde(with = "humantime_serde")]
     request_timeout: Duration,
@@ -81,6 +86,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: "127.0.0.1:8080".into(),
+            ops_listen: None,
             body_limit: ByteSize::mib(1),
             request_timeout: Duration::from_secs(30),
             admin_token: None,
@@ -120,6 +126,22 @@ pub(super) fn check_server(raw: RawServer, p: &mut Problems) -> ServerSettings {
         );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
+    let ops_listen = raw
+        .ops_listen
+        .as_ref()
+        .and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                p.add(
+                    "server.ops_listen",
+                    format!("{a:?} is not an address like 127.0.0.1:9100"),
+                );
+                None
+            }
+        });
+    if ops_listen.is_some_and(|o| o == listen && o.port() != 0) {
+        p.add("server.ops_listen", "must differ from server.listen");
+    }
     if raw.body_limit.as_u64() == 0 {
         p.add("server.body_limit", "must be greater than zero");
     }
@@ -195,6 +217,7 @@ pub(super) fn check_server(raw: RawServer, p: &mut Problems) -> ServerSettings {
         .and_then(|t| secret(t, "server.admin_token", p));
     ServerSettings {
         listen,
+        ops_listen,
         body_limit: to_usize(raw.body_limit.as_u64()),
         request_timeout: raw.request_timeout,
         admin_token,

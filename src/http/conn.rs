@@ -198,8 +198,9 @@ impl Registry {
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the listener (with `SO_REUSEADDR`, like `TcpListener::bind`, and a
-/// deeper accept queue than its 1,024).
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+/// deeper accept queue than its 1,024), as a non-blocking std listener like
+/// the one systemd socket activation passes.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -207,7 +208,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 /// Everything the accept loop needs.
@@ -224,8 +225,19 @@ pub struct Edge {
 
 /// Serves `listener` until `shutdown` fires, then stops accepting, lets
 /// in-flight requests finish (idle connections close at once) and returns
-/// once every connection is closed. The caller bounds the wait.
-pub async fn serve(listener: TcpListener, edge: Edge, shutdown: CancellationToken) {
+/// once every connection is closed. The caller bounds the wait. `listener`
+/// is a non-blocking std listener: bound by [`bind`] or passed by systemd.
+pub async fn serve(listener: std::net::TcpListener, edge: Edge, shutdown: CancellationToken) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the listener");
+            return;
+        }
+    };
     let edge = Arc::new(edge);
     let registry = Arc::new(Registry::default());
     let tracker = TaskTracker::new();
