@@ -72,16 +72,14 @@ pub fn activated_listener() -> std::io::Result<Option<std::net::TcpListener>> {
 }
 
 /// Sends `WATCHDOG=1` at half of `WATCHDOG_USEC` while every loop in
-/// [`WATCHED_LOOPS`] has beaten recently, until `stop` fires. Returns at
+/// [`WATCHED_LOOPS`] counts as alive (as `/readyz` judges it), until `stop`
+/// fires. Returns at
 /// once when the watchdog is not enabled.
 pub async fn watchdog(health: Arc<Health>, stop: CancellationToken) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
     let every = (period / 2).max(Duration::from_millis(10));
-    let stall = period
-        .max(Duration::from_secs(1))
-        .min(crate::health::LOOP_STALL);
     tracing::info!(
         watchdog = %humantime::format_duration(period),
         "systemd watchdog enabled"
@@ -89,11 +87,11 @@ pub async fn watchdog(health: Arc<Health>, stop: CancellationToken) {
     let mut logged = false;
     loop {
         let loops = health.loops();
-        let alive = WATCHED_LOOPS.iter().all(|name| {
-            loops
-                .get(name)
-                .is_some_and(|l| u128::from(l.last_beat_ms_ago) < stall.as_millis())
-        });
+        // The same test as `/readyz`: a loop is stuck after LOOP_STALL
+        // without a beat.
+        let alive = WATCHED_LOOPS
+            .iter()
+            .all(|name| loops.get(name).is_some_and(|l| l.ok));
         if alive {
             send(&[sd_notify::NotifyState::Watchdog]);
             logged = false;
