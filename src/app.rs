@@ -30,6 +30,9 @@ pub enum StartupError {
     /// The outbound HTTP client could not be built (no CA certificates...).
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// The TLS certificate or key could not be loaded.
+    #[error("server.tls: {0}")]
+    Tls(String),
     /// The daemon ran, but its final state could not be made durable (a
     /// store fault at shutdown): exit non-zero and say what was lost.
     #[error("{0}")]
@@ -128,12 +131,26 @@ pub async fn run(
         .and_then(|v| humantime::parse_duration(&v).ok())
         .unwrap_or(crate::health::LOOP_STALL);
     let health = Arc::new(Health::with_stall(stall));
-    let reloader = Arc::new(crate::reload::Reloader::new(
-        config_path,
-        client.clone(),
-        topology.clone(),
-        store.clone(),
-    ));
+    let tls = match &server.tls {
+        Some(t) => Some(http::tls::TlsHandle::load(t).map_err(StartupError::Tls)?),
+        None => None,
+    };
+    let mut reloader =
+        crate::reload::Reloader::new(config_path, client.clone(), topology.clone(), store.clone());
+    if let Some(handle) = tls.clone() {
+        // A renewed certificate: read on every reload, served to the next
+        // connection.
+        reloader.on_reload(Box::new(move |s: &Settings| {
+            let Some(t) = &s.server.tls else {
+                return Ok(());
+            };
+            handle.reload(t).map_err(|message| crate::config::Problem {
+                key: "server.tls".into(),
+                message,
+            })
+        }));
+    }
+    let reloader = Arc::new(reloader);
     let fds = http::conn::raise_descriptor_limit();
     let cap = http::conn::connection_cap(fds.soft, server.max_connections);
     tracing::info!(
@@ -178,6 +195,7 @@ pub async fn run(
         server: server.clone(),
         cap,
         health: health.clone(),
+        tls,
     };
     let ops_http = ops.map(|(l, bound)| {
         tracing::info!(%bound, "serving /healthz, /readyz and /metrics on server.ops_listen");
@@ -186,6 +204,7 @@ pub async fn run(
             server: server.clone(),
             cap: cap.min(1024),
             health: health.clone(),
+            tls: None,
         };
         tokio::spawn(http::conn::serve(l, ops_edge, shutdown.clone()))
     });

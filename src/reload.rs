@@ -10,7 +10,7 @@
 //! the scheduler's concurrency) keeps its running value; the reload says
 //! which changed keys it left alone.
 
-use crate::config::{ConfigError, ServerSettings, Settings};
+use crate::config::{ConfigError, Problem, ServerSettings, Settings};
 use crate::store::Store;
 use crate::time::Timestamp;
 use crate::topology::{SharedTopology, Topology};
@@ -45,8 +45,14 @@ pub enum ReloadError {
     Store(String),
 }
 
+/// Applies a part of a checked new configuration that lives outside the
+/// topology (the TLS certificate); an error refuses the reload, keyed by
+/// the config key it names.
+pub type ReloadHook = Box<dyn Fn(&Settings) -> Result<(), Problem> + Send + Sync>;
+
 /// Reloads one config file into one topology; reloads run one at a time.
 pub struct Reloader {
+    hooks: Vec<ReloadHook>,
     path: PathBuf,
     client: reqwest::Client,
     topology: SharedTopology,
@@ -64,12 +70,18 @@ impl Reloader {
         store: Arc<dyn Store>,
     ) -> Self {
         Reloader {
+            hooks: Vec::new(),
             path,
             client,
             topology,
             store,
             lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Adds a hook run on every reload once the new file checked out.
+    pub fn on_reload(&mut self, hook: ReloadHook) {
+        self.hooks.push(hook);
     }
 
     /// Loads, checks and swaps in the configuration file. Every problem of
@@ -123,6 +135,10 @@ impl Reloader {
             .map_err(ReloadError::Invalid)?;
         let old = self.topology.load_full();
         let restart_needed = keep_restart_keys(&old.settings, &mut new);
+        let problems: Vec<Problem> = self.hooks.iter().filter_map(|h| h(&new).err()).collect();
+        if !problems.is_empty() {
+            return Err(ReloadError::Invalid(ConfigError(problems)));
+        }
 
         // Removed routes and providers that unfinished runs still use stay.
         let mut gone_routes: BTreeSet<String> = old
@@ -244,8 +260,8 @@ impl Reloader {
 
 /// Puts the running values back into `new` for every key that needs a
 /// restart, and names the ones the file changed. Of `[server]`, only
-/// `admin_token`, `body_limit` and `request_timeout` (for webhooks) take
-/// effect on reload.
+/// `admin_token`, `body_limit`, `request_timeout` (for webhooks) and the
+/// files of `tls` take effect on reload.
 fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let (o, n) = (&old.server, &new.server);
@@ -281,6 +297,11 @@ fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         ),
     ];
     changed.extend(checks.iter().filter(|(_, c)| *c).map(|(k, _)| *k));
+    // Turning TLS on or off changes the listener; new files for it do not.
+    let tls_switch = old.server.tls.is_some() != new.server.tls.is_some();
+    if tls_switch {
+        changed.push("server.tls");
+    }
     if old.storage.path != new.storage.path {
         changed.push("storage.path");
     }
@@ -294,6 +315,11 @@ fn keep_restart_keys(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         admin_token: new.server.admin_token.clone(),
         body_limit: new.server.body_limit,
         request_timeout: new.server.request_timeout,
+        tls: if tls_switch {
+            old.server.tls.clone()
+        } else {
+            new.server.tls.clone()
+        },
         ..old.server.clone()
     };
     new.storage = old.storage.clone();

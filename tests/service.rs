@@ -463,6 +463,16 @@ fn every_config_example_passes_check_config() {
                 cmd.env_remove(k);
             }
         }
+        if path.file_name().and_then(|n| n.to_str()) == Some("tls.toml") {
+            // The example's paths are the operator's; point them at a test
+            // certificate through the documented environment overrides.
+            let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+            let (cert, key) = (creds.path().join("cert.pem"), creds.path().join("key.pem"));
+            std::fs::write(&cert, c.cert.pem()).unwrap();
+            std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+            cmd.env("RUNBRIDGE__SERVER__TLS__CERT", &cert)
+                .env("RUNBRIDGE__SERVER__TLS__KEY", &key);
+        }
         let out = cmd
             .env("CREDENTIALS_DIRECTORY", creds.path())
             .env("RUNBRIDGE_ADMIN_TOKEN", "admin-token-from-env")

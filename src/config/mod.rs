@@ -16,7 +16,7 @@ pub use delivery::DeliverySettings;
 pub use providers::{ProviderSettings, SimulatedSettings, SlateSettings};
 pub use routes::{CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings};
 pub use scheduler::SchedulerSettings;
-pub use server::ServerSettings;
+pub use server::{ServerSettings, TlsSettings};
 pub use storage::StorageSettings;
 
 /// Every documented maximum (README, "Limits"), in one place.

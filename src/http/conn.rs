@@ -221,6 +221,8 @@ pub struct Edge {
     pub cap: usize,
     /// Where the connection gauge lives.
     pub health: Arc<Health>,
+    /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) instead of plain HTTP/1.1.
+    pub tls: Option<Arc<super::tls::TlsHandle>>,
 }
 
 /// Serves `listener` until `shutdown` fires, then stops accepting, lets
@@ -344,15 +346,6 @@ async fn serve_conn(
         idle: server.idle_timeout,
     };
     let (max_headers, max_header_size) = hyper_backstops(server);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // A backstop only: our own deadlines below are tighter.
-        .header_read_timeout(server.header_read_timeout.max(server.idle_timeout))
-        .max_headers(max_headers)
-        .max_header_size(max_header_size)
-        .max_buf_size(max_header_size.saturating_add(8192).max(16 * 1024))
-        .keep_alive(true);
     let svc = ConnService {
         router: edge.router.clone(),
         conn: conn.clone(),
@@ -361,7 +354,87 @@ async fn serve_conn(
             timeout: server.linger_timeout,
         },
     };
-    let served = builder.serve_connection(TokioIo::new(stream), svc);
+    // A backstop only: our own deadlines in `drive` are tighter.
+    let backstop = server.header_read_timeout.max(server.idle_timeout);
+    match &edge.tls {
+        None => {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(backstop)
+                .max_headers(max_headers)
+                .max_header_size(max_header_size)
+                .max_buf_size(max_header_size.saturating_add(8192).max(16 * 1024))
+                .keep_alive(true);
+            let served = builder.serve_connection(TokioIo::new(stream), svc);
+            drive(
+                served,
+                |c| c.graceful_shutdown(),
+                &conn,
+                timeouts,
+                &shutdown,
+            )
+            .await;
+        }
+        Some(tls) => {
+            // The handshake counts as reading the first request's headers.
+            let acceptor = tls.acceptor();
+            let tls_stream = tokio::select! {
+                r = tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream)) => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        registry.remove(id);
+                        return;
+                    }
+                    Err(_) => {
+                        registry.remove(id);
+                        return;
+                    }
+                },
+                _ = conn.wake.notified() => { registry.remove(id); return; }
+                _ = shutdown.cancelled() => { registry.remove(id); return; }
+            };
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(backstop)
+                .max_headers(max_headers)
+                .max_buf_size(max_header_size.saturating_add(8192).max(16 * 1024))
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+                .max_concurrent_streams(100);
+            let served = builder.serve_connection(TokioIo::new(tls_stream), svc);
+            drive(
+                served,
+                |c| c.graceful_shutdown(),
+                &conn,
+                timeouts,
+                &shutdown,
+            )
+            .await;
+        }
+    }
+    registry.remove(id);
+}
+
+/// Runs one connection until it ends, closing it when idle past its
+/// deadline, when evicted, or gracefully at shutdown.
+async fn drive<F, E>(
+    served: F,
+    mut graceful: impl FnMut(Pin<&mut F>),
+    conn: &Conn,
+    timeouts: Timeouts,
+    shutdown: &CancellationToken,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(served);
     let mut closing = false;
     loop {
@@ -386,11 +459,10 @@ async fn serve_conn(
             _ = idle_timer => {}
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
-                served.as_mut().graceful_shutdown();
+                graceful(served.as_mut());
             }
         }
     }
-    registry.remove(id);
 }
 
 /// The per-connection service: marks the connection busy while a request

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod tls;
 
 use crate::health::Health;
 use crate::ingress::{self, Headers, IngressError};
