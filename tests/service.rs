@@ -513,3 +513,75 @@ fn a_credential_reference_without_credentials_directory_names_the_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_callback_that_will_be_retried_is_logged_with_run_id_reason_and_next_attempt() {
+    let slate = FakeSlate::start().await;
+    let rx = Receiver::start(CALLBACK_SECRET).await;
+    rx.script(&[(500, None)]);
+    let cfg = Config::new(&slate).route(RouteCfg::new("gh", "wf_ok").callback(&rx.url()));
+    let d = Daemon::start(&cfg).await;
+    let id = d.trigger("gh", "dlv-r1", "acme/r").await;
+    rx.wait_delivered(&id).await;
+    let log = d.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("callback attempt failed; will retry"))
+        .unwrap_or_else(|| panic!("no retry line:\n{log}"));
+    for part in [id.as_str(), "HTTP 500", "next_attempt=", "attempt=1"] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+}
+
+#[test]
+fn a_startup_error_is_printed_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{addr}\"\n[storage]\npath = {}\n",
+            toml_str(&dir.path().join("db").to_string_lossy())
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RUNBRIDGE") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("cannot listen on").count(),
+        1,
+        "printed once:\n{err}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check-config")
+        .current_dir(dir.path())
+        .env_remove("RUNBRIDGE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let looked = dir.path().join("config/runbridge.toml");
+    assert!(
+        err.contains(&looked.to_string_lossy().to_string()) && err.contains("working directory"),
+        "{err}"
+    );
+}

@@ -720,6 +720,60 @@ mod tests {
     }
 
     #[test]
+    fn problems_come_in_a_stable_order_without_cascades() {
+        let text = "[server]\nlisten = \"nope\"\n\
+            [providers.x]\nkind = \"bogus\"\n\
+            [routes.a]\nprovider = \"x\"\nworkflow_id = \"w\"\nverify = { kind = \"none\" }\n\
+            [routes.b]\nprovider = \"y\"\nworkflow_id = \"\"\nverify = { kind = \"none\" }\n\
+            [[routes.b.callbacks]]\nurl = \"http://h/\"\nsecret = \"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let first = load_str(text).unwrap_err().to_string();
+        for _ in 0..5 {
+            assert_eq!(load_str(text).unwrap_err().to_string(), first);
+        }
+        let keys: Vec<String> = load_str(text)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "providers.x.kind",
+                "routes.b.provider",
+                "routes.b.workflow_id",
+                "routes.b.callbacks[0].secret",
+            ],
+            "{first}"
+        );
+        assert!(first.contains("(configured: x)"), "{first}");
+        assert!(
+            !first.contains("routes.a"),
+            "no cascade from provider x: {first}"
+        );
+    }
+
+    #[test]
+    fn credential_references_read_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "s3cret-credential\n").unwrap();
+        let mut problems = Vec::new();
+        let mut add = |k: String, m: String| problems.push(format!("{k}: {m}"));
+        // Only this test sets the variable in this process.
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+        let ok = resolve_secret("credential:tok", "k", &mut add);
+        let bad = resolve_secret("credential:../tok", "k", &mut add);
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        assert_eq!(ok.unwrap().expose(), "s3cret-credential");
+        assert!(bad.is_none());
+        assert!(
+            problems.iter().any(|p| p.contains("plain file name")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn shipped_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/runbridge.toml");
         Settings::load(&path).unwrap();
