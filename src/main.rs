@@ -228,8 +228,9 @@ fn main() -> ExitCode {
                 {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        // Once, through the log (stderr), so JSON logs keep it too.
-                        tracing::error!(error = %e, "runbridge stopped");
+                        // Once, as a plain line on stderr (it used to be
+                        // logged as well, so it appeared twice).
+                        eprintln!("runbridge: {e}");
                         ExitCode::from(1)
                     }
                 }
