@@ -307,13 +307,7 @@ async fn reloads(
 /// index, unfinished runs) fresh.
 async fn due_depth(store: Arc<dyn Store>, stop: CancellationToken) {
     loop {
-        let s = store.clone();
-        let depth = tokio::task::spawn_blocking(move || {
-            s.due(crate::time::Timestamp(u64::MAX), usize::MAX, &|_| false)
-                .map(|d| d.len())
-        })
-        .await;
-        if let Ok(Ok(n)) = depth {
+        if let Ok(n) = store.due_len() {
             metrics::gauge!("runbridge_due_queue_depth").set(n as f64);
         }
         tokio::select! {

@@ -135,10 +135,6 @@ impl Reloader {
             .map_err(ReloadError::Invalid)?;
         let old = self.topology.load_full();
         let restart_needed = keep_restart_keys(&old.settings, &mut new);
-        let problems: Vec<Problem> = self.hooks.iter().filter_map(|h| h(&new).err()).collect();
-        if !problems.is_empty() {
-            return Err(ReloadError::Invalid(ConfigError(problems)));
-        }
 
         // Removed routes and providers that unfinished runs still use stay.
         let mut gone_routes: BTreeSet<String> = old
@@ -169,6 +165,11 @@ impl Reloader {
             if let Some(s) = old.settings.providers.get(p) {
                 new.providers.insert(p.clone(), s.clone());
             }
+        }
+        // Last before the swap: a refused hook leaves everything as it was.
+        let problems: Vec<Problem> = self.hooks.iter().filter_map(|h| h(&new).err()).collect();
+        if !problems.is_empty() {
+            return Err(ReloadError::Invalid(ConfigError(problems)));
         }
         let mut topo = Topology::new(new, &self.client);
         topo.retired_routes = gone_routes.clone();

@@ -809,6 +809,10 @@ impl Store for SledStore {
         self.unfinished_at_open
     }
 
+    fn due_len(&self) -> Result<usize, StoreError> {
+        Ok(self.inner()?.trees.due.entries().len())
+    }
+
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
         let mut expired = Vec::new();
         {
