@@ -4,7 +4,9 @@
 #     -e RUNBRIDGE_ADMIN_TOKEN=... -e RUNBRIDGE_HOOK_TOKEN=... runbridge
 
 # --- build -------------------------------------------------------------------
-FROM rust:1.85-bookworm AS build
+# The toolchain the lockfile is built and tested with (rust-version in
+# Cargo.toml is the oldest that may work; locked dependencies may need newer).
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml
 # or Cargo.lock change, not on every source edit.
