@@ -59,14 +59,32 @@ impl EdgeGauges {
 }
 
 /// The registry, shared by every component (cheap to clone behind an `Arc`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     loops: Mutex<BTreeMap<&'static str, Instant>>,
     providers: Mutex<BTreeMap<String, ProviderProblem>>,
     pub edge: EdgeGauges,
+    stall: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::with_stall(LOOP_STALL)
+    }
 }
 
 impl Health {
+    /// A registry where a loop counts as stuck after `stall` without a beat
+    /// ([`LOOP_STALL`] in production; tests shorten it to see a stall soon).
+    pub fn with_stall(stall: Duration) -> Self {
+        Health {
+            loops: Mutex::default(),
+            providers: Mutex::default(),
+            edge: EdgeGauges::default(),
+            stall,
+        }
+    }
+
     /// A loop proves it is alive; call at least every [`LOOP_STALL`] / 4.
     pub fn beat(&self, name: &'static str) {
         self.loops
@@ -83,7 +101,7 @@ impl Health {
             .map(|(name, at)| {
                 let age = at.elapsed();
                 let state = LoopState {
-                    ok: age < LOOP_STALL,
+                    ok: age < self.stall,
                     last_beat_ms_ago: age.as_millis() as u64,
                 };
                 (*name, state)

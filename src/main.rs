@@ -1,4 +1,4 @@
-//! The `runbridge` command: `serve` and `check-config`.
+//! The `runbridge` command: `serve`, `check-config`, `receive` and `health`.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use runbridge::config::Settings;
@@ -67,6 +67,53 @@ enum Command {
         #[arg(long, env = "RUNBRIDGE_RECEIVE_SECRET")]
         secret: String,
     },
+    /// Ask a running daemon whether it is ready (for container health
+    /// checks): exits 0 when `/readyz` answers ready, 1 otherwise.
+    Health {
+        /// The readiness URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080/readyz",
+            env = "RUNBRIDGE_HEALTH_URL"
+        )]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+/// `runbridge health`: 0 when the daemon answers `/readyz` with
+/// `"status": "ready"`, 1 when it answers unready or cannot be reached.
+async fn health(url: &str, timeout: std::time::Duration) -> ExitCode {
+    let client = match reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runbridge health: cannot build an HTTP client: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let resp = match client.get(url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runbridge health: {url}: {}", e.without_url());
+            return ExitCode::from(1);
+        }
+    };
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    if code == 200 && body["status"] == "ready" {
+        println!("ready");
+        ExitCode::SUCCESS
+    } else {
+        println!("unready (HTTP {code}): {body}");
+        ExitCode::from(1)
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -104,21 +151,6 @@ fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runti
     })
 }
 
-async fn signalled() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 /// A file-size limit (`RLIMIT_FSIZE`) reached by the store must be a write
 /// error the store recovers from, not SIGXFSZ's default: killing the daemon.
 fn ignore_sigxfsz() {
@@ -145,6 +177,12 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Health { url, timeout } => {
+            match runtime(tokio::runtime::Builder::new_current_thread()) {
+                Ok(rt) => rt.block_on(health(&url, timeout)),
+                Err(code) => code,
+            }
+        }
         Command::Receive { listen, secret } => {
             let key = match runbridge::signing::WebhookKey::parse(&secret) {
                 Ok(k) => k,
@@ -178,21 +216,20 @@ fn main() -> ExitCode {
             };
             let code = runtime.block_on(async {
                 let shutdown = CancellationToken::new();
-                let trigger = shutdown.clone();
-                tokio::spawn(async move {
-                    signalled().await;
-                    tracing::info!("signal received");
-                    trigger.cancel();
-                });
+                let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(runbridge::signal::listen(shutdown.clone(), reload_tx));
                 let ready = |addr| {
                     let mut out = std::io::stdout();
                     let _ = writeln!(out, "listening on {addr}");
                     let _ = out.flush();
                 };
-                match runbridge::app::run(settings, shutdown, ready).await {
+                match runbridge::app::run(settings, config.clone(), reload_rx, shutdown, ready)
+                    .await
+                {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        tracing::error!(error = %e, "runbridge stopped");
+                        // Once, as a plain line on stderr (it used to be
+                        // logged as well, so it appeared twice).
                         eprintln!("runbridge: {e}");
                         ExitCode::from(1)
                     }

@@ -42,6 +42,13 @@ const MAX_IDLE: Duration = Duration::from_secs(5);
 /// How often the dedupe sweep runs, and how many records one pass examines:
 /// 1,000 records/s keeps a week of 1M deliveries a day swept within hours.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often the sweeper proves it is alive (the watchdog and `/readyz`
+/// look at its heartbeat), independent of how often it sweeps.
+const SWEEPER_BEAT: Duration = Duration::from_secs(1);
+/// Test hook, inert unless set: after this long (a duration like `2s`) the
+/// scheduler loop stops beating and claiming, as a stuck loop would, so
+/// tests can watch `/readyz` and the systemd watchdog react.
+pub const TEST_STALL_ENV: &str = "RUNBRIDGE_TEST_STALL_SCHEDULER_AFTER";
 const SWEEP_BUDGET: usize = 10_000;
 /// Backoff of a failed save (exponential with jitter): the first retry
 /// comes soon, a lasting fault costs one save per run every few seconds.
@@ -52,6 +59,9 @@ const FAULT_RECHECK_FIRST: Duration = Duration::from_millis(100);
 const FAULT_RECHECK_MAX: Duration = Duration::from_secs(2);
 /// Store trouble is logged once per this interval, with a count.
 const STORE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A failing callback endpoint is logged at most once per route per this
+/// interval (with the count suppressed since).
+const DELIVERY_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Run ids kept for the shutdown message about unpersisted transitions.
 const UNPERSISTED_KEPT: usize = 20;
 
@@ -92,6 +102,10 @@ pub struct Scheduler {
     unpersisted: Mutex<(usize, Vec<RunId>)>,
     /// Throttles vendor-failure log lines per provider and kind.
     vendor_log: Throttle,
+    /// Throttles "callback failed, will retry" lines per route.
+    delivery_log: Throttle,
+    /// When the test hook [`TEST_STALL_ENV`] makes the loop stall.
+    stall_at: Option<tokio::time::Instant>,
 }
 
 impl Scheduler {
@@ -117,6 +131,11 @@ impl Scheduler {
             store_log: Throttle::new(STORE_LOG_EVERY),
             unpersisted: Mutex::new((0, Vec::new())),
             vendor_log: Throttle::new(VENDOR_LOG_EVERY),
+            delivery_log: Throttle::new(DELIVERY_LOG_EVERY),
+            stall_at: std::env::var(TEST_STALL_ENV)
+                .ok()
+                .and_then(|v| humantime::parse_duration(&v).ok())
+                .map(|d| tokio::time::Instant::now() + d),
         })
     }
 
@@ -137,6 +156,14 @@ impl Scheduler {
         let mut fault_wait = Duration::ZERO;
         loop {
             if cancel.is_cancelled() {
+                break;
+            }
+            if self
+                .stall_at
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+            {
+                tracing::warn!("{TEST_STALL_ENV} is set: the scheduler loop stalls now");
+                cancel.cancelled().await;
                 break;
             }
             self.health.beat("scheduler");
@@ -176,10 +203,15 @@ impl Scheduler {
                                 id,
                                 permit: Some(permit),
                             };
-                            self.tracker.spawn(async move {
-                                claim.scheduler.step(at, id).await;
-                                drop(claim);
-                            });
+                            // Every line logged while working on the run carries its id.
+                            let span = tracing::info_span!("run", run_id = %id);
+                            self.tracker.spawn(tracing::Instrument::instrument(
+                                async move {
+                                    claim.scheduler.step(at, id).await;
+                                    drop(claim);
+                                },
+                                span,
+                            ));
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "reading the due index failed"),
@@ -208,12 +240,17 @@ impl Scheduler {
     /// Removes expired dedupe records in small slices until `cancel` fires,
     /// so the dedupe tree stays bounded by `dedupe_ttl` worth of deliveries.
     pub async fn sweep(self: Arc<Self>, cancel: CancellationToken) {
+        let mut next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
         loop {
             self.health.beat("sweeper");
             tokio::select! {
-                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                _ = tokio::time::sleep(SWEEPER_BEAT) => {}
                 _ = cancel.cancelled() => break,
             }
+            if tokio::time::Instant::now() < next_sweep {
+                continue;
+            }
+            next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
             if self.store.fault().is_some() {
                 continue;
             }
@@ -247,6 +284,8 @@ impl Scheduler {
         for (at, id) in self.store.due(now, limit, &|id| in_flight.contains(&id))? {
             // A run can have a second, stale entry; claim it once.
             if in_flight.insert(id) {
+                metrics::histogram!("runbridge_scheduler_lag_seconds")
+                    .record(now.since(at).as_secs_f64());
                 claimed.push((at, id));
             }
         }
@@ -392,6 +431,7 @@ impl Scheduler {
         }
         let limit = run.deadline.since(run.created_at);
         tracing::warn!(run_id = %run.id, phase = ?run.phase, "run timed out");
+        metrics::counter!("runbridge_runs_total", "status" => "timed_out").increment(1);
         run.time_out(now, limit, callbacks);
         true
     }
@@ -433,7 +473,9 @@ impl Scheduler {
             workflow_id: &run.workflow_id,
             inputs: &run.inputs,
         };
+        let t0 = std::time::Instant::now();
         let result = provider.start(req).await;
+        vendor_call(&run.provider, "start", &result, t0);
         let now = Timestamp::now();
         match result {
             Ok(started) => {
@@ -459,6 +501,7 @@ impl Scheduler {
                     output: None,
                     error: Some(error),
                 };
+                metrics::counter!("runbridge_runs_total", "status" => "failed").increment(1);
                 run.finish(now, obs, &Self::callbacks(route));
             }
         }
@@ -483,13 +526,17 @@ impl Scheduler {
             workflow_id: &run.workflow_id,
             vendor_run_id: &vendor_id,
         };
+        let t0 = std::time::Instant::now();
         let result = provider.poll(req).await;
+        vendor_call(&run.provider, "poll", &result, t0);
         let now = Timestamp::now();
         match result {
             Ok(obs) => {
                 self.provider_answered(&run.provider);
                 if obs.status.is_terminal() {
                     tracing::info!(run_id = %run.id, status = obs.status.as_str(), "run finished");
+                    metrics::counter!("runbridge_runs_total", "status" => obs.status.as_str())
+                        .increment(1);
                 }
                 let next = Self::next_poll(s, &run, now);
                 run.observed(now, obs, next, &callbacks);
@@ -511,6 +558,7 @@ impl Scheduler {
                         "vendor_error": body,
                     })),
                 };
+                metrics::counter!("runbridge_runs_total", "status" => "failed").increment(1);
                 run.finish(now, obs, &callbacks);
             }
             Err(e @ ProviderError::Rejected { .. }) => {
@@ -627,10 +675,37 @@ impl Scheduler {
                     } else {
                         delivery::next_attempt(now, d.attempts.len() + 1, &o, &ds)
                     };
+                    metrics::histogram!("runbridge_delivery_attempt_seconds")
+                        .record(o.attempt.duration_ms as f64 / 1000.0);
+                    let reason = o
+                        .attempt
+                        .status_code
+                        .map(|c| format!("HTTP {c}"))
+                        .or_else(|| o.attempt.error.clone())
+                        .unwrap_or_else(|| "failed".into());
                     if o.succeeded {
+                        metrics::counter!("runbridge_deliveries_total", "outcome" => "delivered")
+                            .increment(1);
                         tracing::info!(run_id = %run.id, url = %redact_url(&d.url), "callback delivered");
-                    } else if next.is_none() {
-                        tracing::warn!(run_id = %run.id, url = %redact_url(&d.url), "callback dead after last attempt");
+                    } else if let Some(at) = next {
+                        metrics::counter!("runbridge_deliveries_total", "outcome" => "retry")
+                            .increment(1);
+                        if let Some(suppressed) = self.delivery_log.allow(&run.route) {
+                            tracing::warn!(
+                                run_id = %run.id,
+                                url = %redact_url(&d.url),
+                                attempt = d.attempts.len() + 1,
+                                reason = %reason,
+                                next_attempt = %at,
+                                suppressed,
+                                "callback attempt failed; will retry"
+                            );
+                        }
+                    } else {
+                        let outcome = if o.gone { "gone" } else { "dead" };
+                        metrics::counter!("runbridge_deliveries_total", "outcome" => outcome)
+                            .increment(1);
+                        tracing::warn!(run_id = %run.id, url = %redact_url(&d.url), reason = %reason, "callback dead after last attempt");
                     }
                     d.record(o.attempt, o.succeeded, next);
                 }
@@ -649,6 +724,26 @@ impl Scheduler {
         run.settle_deliveries(Timestamp::now());
         self.persist(&run).await
     }
+}
+
+/// Counts a vendor call and its latency by provider, call and result.
+fn vendor_call<T>(
+    provider: &str,
+    call: &'static str,
+    result: &Result<T, ProviderError>,
+    t0: std::time::Instant,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(ProviderError::Transient { .. }) => "transient",
+        Err(ProviderError::Unauthorized { .. }) => "unauthorized",
+        Err(ProviderError::Rejected { .. }) => "rejected",
+    };
+    let provider = provider.to_string();
+    metrics::counter!("runbridge_vendor_calls_total", "provider" => provider.clone(), "call" => call, "result" => outcome)
+        .increment(1);
+    metrics::histogram!("runbridge_vendor_call_seconds", "provider" => provider, "call" => call)
+        .record(t0.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

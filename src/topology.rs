@@ -7,7 +7,7 @@ use crate::config::{ProviderSettings, Settings, VerifySettings};
 use crate::providers::{self, Provider};
 use crate::secret::Redactor;
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// One consistent view of the configuration.
@@ -17,6 +17,12 @@ pub struct Topology {
     /// Scrubs every secret of `settings` from third-party text; swapped
     /// together with the secrets it knows.
     pub redactor: Arc<Redactor>,
+    /// Routes a reload removed that still have unfinished runs: kept in
+    /// `settings` (their runs need their callbacks and secrets) but no longer
+    /// served; dropped once their last run is done.
+    pub retired_routes: BTreeSet<String>,
+    /// Providers a reload removed that unfinished runs still use.
+    pub retired_providers: BTreeSet<String>,
 }
 
 impl Topology {
@@ -32,6 +38,8 @@ impl Topology {
             settings,
             providers,
             redactor,
+            retired_routes: BTreeSet::new(),
+            retired_providers: BTreeSet::new(),
         }
     }
 }

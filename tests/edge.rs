@@ -450,13 +450,35 @@ async fn at_the_cap_with_every_connection_busy_a_new_one_gets_a_json_503() {
         ..EdgeCfg::default()
     };
     let d = EdgeDaemon::start(&cfg, None).await;
-    // Four requests in flight: headers sent, body only half written.
+    // Four requests in flight: headers sent, body only half written. Each
+    // asks `Expect: 100-continue`, and hyper sends `100 Continue` only once
+    // the handler runs and reads the body: reading it proves the request is
+    // in flight (not merely a connection with unparsed headers, which would
+    // be idle and evictable), however slow the machine.
     let mut busy = Vec::new();
     for _ in 0..4 {
         let mut s = TcpStream::connect(d.addr).await.expect("connect");
-        s.write_all(b"POST /hooks/open HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n{\"id\":")
-            .await
-            .expect("write");
+        s.write_all(
+            b"POST /hooks/open HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(DEADLINE, s.read(&mut byte))
+                .await
+                .expect("100 Continue in time")
+                .expect("read");
+            assert_eq!(n, 1, "closed before 100 Continue: {head:?}");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 100"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"{\"id\":").await.expect("write");
         busy.push(s);
     }
     let r = poll_until("a 503 at the connection cap", DEADLINE, || async {

@@ -16,7 +16,7 @@ pub use delivery::DeliverySettings;
 pub use providers::{ProviderSettings, SimulatedSettings, SlateSettings};
 pub use routes::{CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings};
 pub use scheduler::SchedulerSettings;
-pub use server::ServerSettings;
+pub use server::{ServerSettings, TlsSettings};
 pub use storage::StorageSettings;
 
 /// Every documented maximum (README, "Limits"), in one place.
@@ -97,6 +97,19 @@ pub struct Settings {
 impl Settings {
     /// Loads a TOML file with environment overrides and checks it.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        if !path.exists() {
+            let looked = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(ConfigError(vec![Problem {
+                key: path.display().to_string(),
+                message: format!(
+                    "no configuration file at {} (a relative path is read from the working directory, {cwd}); pass --config PATH or set RUNBRIDGE_CONFIG",
+                    looked.display()
+                ),
+            }]));
+        }
         let env = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
@@ -158,6 +171,7 @@ impl Settings {
         let scheduler = check_scheduler(scheduler, &mut p);
         let delivery = check_delivery(delivery, &mut p);
 
+        let declared: std::collections::BTreeSet<String> = raw_providers.keys().cloned().collect();
         let mut providers = BTreeMap::new();
         for (name, value) in raw_providers {
             let key = format!("providers.{name}");
@@ -173,7 +187,7 @@ impl Settings {
             let key = format!("routes.{name}");
             check_name(&key, &name, &mut p);
             if let Some(raw) = p.parse::<RawRoute>(&key, Some(value)) {
-                if let Some(settings) = check_route(&key, raw, &providers, &mut p) {
+                if let Some(settings) = check_route(&key, raw, &declared, &mut p) {
                     routes.insert(name, settings);
                 }
             }
@@ -264,8 +278,29 @@ fn check_name(key: &str, name: &str, p: &mut Problems) {
     }
 }
 
-/// Resolves `env:NAME`, `file:/path` or a literal.
+/// Resolves `env:NAME`, `file:/path`, `credential:NAME` (a systemd
+/// credential: the file `NAME` in `$CREDENTIALS_DIRECTORY`, as
+/// `LoadCredential=` provides it) or a literal.
 pub fn resolve_secret(raw: &str, key: &str, p: &mut impl FnMut(String, String)) -> Option<Secret> {
+    if let Some(name) = raw.strip_prefix("credential:") {
+        let valid = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        if !valid {
+            p(
+                key.into(),
+                format!("credential name {name:?} must be a plain file name"),
+            );
+            return None;
+        }
+        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else {
+            p(
+                key.into(),
+                format!("credential {name:?}: $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the systemd unit)"),
+            );
+            return None;
+        };
+        let path = std::path::Path::new(&dir).join(name);
+        return resolve_secret(&format!("file:{}", path.display()), key, p);
+    }
     if let Some(var) = raw.strip_prefix("env:") {
         match std::env::var(var) {
             Ok(v) if !v.is_empty() => Some(Secret::new(v)),
@@ -682,6 +717,60 @@ mod tests {
         let err = Settings::load(&path).unwrap_err().to_string();
         assert!(!err.contains("sup3r_s3cret_value"), "{err}");
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn problems_come_in_a_stable_order_without_cascades() {
+        let text = "[server]\nlisten = \"nope\"\n\
+            [providers.x]\nkind = \"bogus\"\n\
+            [routes.a]\nprovider = \"x\"\nworkflow_id = \"w\"\nverify = { kind = \"none\" }\n\
+            [routes.b]\nprovider = \"y\"\nworkflow_id = \"\"\nverify = { kind = \"none\" }\n\
+            [[routes.b.callbacks]]\nurl = \"http://h/\"\nsecret = \"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let first = load_str(text).unwrap_err().to_string();
+        for _ in 0..5 {
+            assert_eq!(load_str(text).unwrap_err().to_string(), first);
+        }
+        let keys: Vec<String> = load_str(text)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "server.listen",
+                "providers.x.kind",
+                "routes.b.provider",
+                "routes.b.workflow_id",
+                "routes.b.callbacks[0].secret",
+            ],
+            "{first}"
+        );
+        assert!(first.contains("(configured: x)"), "{first}");
+        assert!(
+            !first.contains("routes.a"),
+            "no cascade from provider x: {first}"
+        );
+    }
+
+    #[test]
+    fn credential_references_read_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tok"), "s3cret-credential\n").unwrap();
+        let mut problems = Vec::new();
+        let mut add = |k: String, m: String| problems.push(format!("{k}: {m}"));
+        // Only this test sets the variable in this process.
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+        let ok = resolve_secret("credential:tok", "k", &mut add);
+        let bad = resolve_secret("credential:../tok", "k", &mut add);
+        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        assert_eq!(ok.unwrap().expose(), "s3cret-credential");
+        assert!(bad.is_none());
+        assert!(
+            problems.iter().any(|p| p.contains("plain file name")),
+            "{problems:?}"
+        );
     }
 
     #[test]

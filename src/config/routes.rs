@@ -1,12 +1,11 @@
 //! `[routes.NAME]`: webhook routes, their verification, inputs and callbacks.
 
 use super::scheduler::MAX_RUN_TIMEOUT;
-use super::{bounded, check_url, positive, secret, Problems, ProviderSettings, RawSecret};
+use super::{bounded, check_url, positive, secret, Problems, RawSecret};
 use crate::secret::Secret;
 use crate::signing::WebhookKey;
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Largest `dedupe_ttl` (90 days of remembered delivery ids).
@@ -155,19 +154,28 @@ struct RawCallback {
 pub(super) fn check_route(
     key: &str,
     raw: RawRoute,
-    providers: &BTreeMap<String, ProviderSettings>,
+    declared: &std::collections::BTreeSet<String>,
     p: &mut Problems,
 ) -> Option<RouteSettings> {
     let before = p.0.len();
-    if !providers.contains_key(&raw.provider) {
-        let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+    // A provider that is declared but has problems of its own is reported
+    // there, not again at every route using it.
+    if !declared.contains(&raw.provider) {
+        let known: Vec<&str> = declared.iter().map(String::as_str).collect();
         p.add(
             format!("{key}.provider"),
-            format!(
-                "unknown provider {:?} (configured: {})",
-                raw.provider,
-                known.join(", ")
-            ),
+            if known.is_empty() {
+                format!(
+                    "unknown provider {:?} (no provider is configured)",
+                    raw.provider
+                )
+            } else {
+                format!(
+                    "unknown provider {:?} (configured: {})",
+                    raw.provider,
+                    known.join(", ")
+                )
+            },
         );
     }
     if raw.workflow_id.trim().is_empty() {
@@ -274,6 +282,14 @@ pub(super) fn check_route(
         let url = check_url(&format!("{ck}.url"), &cb.url, p);
         let sk = format!("{ck}.secret");
         let key = secret(&cb.secret, &sk, p).and_then(|s| match WebhookKey::parse(s.expose()) {
+            // Receivers' Standard Webhooks libraries expect the prefix.
+            Ok(_) if !s.expose().starts_with("whsec_") => {
+                p.add(
+                    sk.clone(),
+                    "must start with \"whsec_\" (a Standard Webhooks secret: whsec_ + base64 of 24 to 64 bytes)",
+                );
+                None
+            }
             Ok(k) => Some(k),
             Err(e) => {
                 p.add(sk, e.to_string());

@@ -5,6 +5,7 @@ use crate::secret::Secret;
 use bytesize::ByteSize;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Largest `server.body_limit` (64 MiB): bodies are buffered whole.
@@ -27,10 +28,27 @@ pub const MAX_BODY_BUFFER: u64 = 16 * 1024 * 1024 * 1024;
 /// Largest accepted `linger_bytes`.
 pub const MAX_LINGER_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// `[server.tls]`: serve HTTPS from these PEM files (HTTP/1.1 and HTTP/2).
+/// Both are read again on every reload, so a renewed certificate needs no
+/// restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Certificate chain, leaf first (PEM).
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 /// `[server]`
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// HTTPS on the main listener, when set.
+    pub tls: Option<TlsSettings>,
+    /// Where webhooks and the admin API are served (unless systemd passes a socket).
     pub listen: SocketAddr,
+    /// A separate address for `/healthz`, `/readyz` and `/metrics`, so they
+    /// need not face the internet; when set they leave the main listener.
+    pub ops_listen: Option<SocketAddr>,
     pub body_limit: usize,
     pub request_timeout: Duration,
     /// `None` disables the admin API (it answers 403).
@@ -58,6 +76,8 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawServer {
     listen: String,
+    tls: Option<RawTls>,
+    ops_listen: Option<String>,
     body_limit: ByteSize,
     #[serde(with = "humantime_serde")]
     request_timeout: Duration,
@@ -81,6 +101,8 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: "127.0.0.1:8080".into(),
+            tls: None,
+            ops_listen: None,
             body_limit: ByteSize::mib(1),
             request_timeout: Duration::from_secs(30),
             admin_token: None,
@@ -95,6 +117,69 @@ impl Default for RawServer {
             linger_timeout: Duration::from_secs(10),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    cert: String,
+    key: String,
+}
+
+/// A PEM error without any of the file's bytes (a key file's line is a secret).
+fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "nothing of the expected kind in the file".into(),
+        _ => "not valid PEM".into(),
+    }
+}
+
+/// Checks that the certificate and key files read and parse as PEM, so a
+/// broken renewal is refused by `check-config` and by a reload.
+fn check_tls(raw: &RawTls, p: &mut Problems) -> Option<TlsSettings> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut ok = true;
+    match CertificateDer::pem_file_iter(&raw.cert) {
+        Ok(certs) => match certs.collect::<Result<Vec<_>, _>>() {
+            Ok(c) if !c.is_empty() => {}
+            Ok(_) => {
+                p.add(
+                    "server.tls.cert",
+                    format!("{}: no certificate in the file", raw.cert),
+                );
+                ok = false;
+            }
+            Err(e) => {
+                p.add(
+                    "server.tls.cert",
+                    format!("{}: {}", raw.cert, pem_error(&e)),
+                );
+                ok = false;
+            }
+        },
+        Err(e) => {
+            p.add(
+                "server.tls.cert",
+                format!("{}: {}", raw.cert, pem_error(&e)),
+            );
+            ok = false;
+        }
+    }
+    // The key's error never quotes the file's contents.
+    if let Err(e) = PrivateKeyDer::from_pem_file(&raw.key) {
+        p.add(
+            "server.tls.key",
+            format!("{}: no usable private key ({})", raw.key, pem_error(&e)),
+        );
+        ok = false;
+    }
+    ok.then(|| TlsSettings {
+        cert: PathBuf::from(&raw.cert),
+        key: PathBuf::from(&raw.key),
+    })
 }
 
 /// `body_buffer_limit` when unset: 64 MiB, or 4 bodies at the limit if larger.
@@ -120,6 +205,22 @@ pub(super) fn check_server(raw: RawServer, p: &mut Problems) -> ServerSettings {
         );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
+    let ops_listen = raw
+        .ops_listen
+        .as_ref()
+        .and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                p.add(
+                    "server.ops_listen",
+                    format!("{a:?} is not an address like 127.0.0.1:9100"),
+                );
+                None
+            }
+        });
+    if ops_listen.is_some_and(|o| o == listen && o.port() != 0) {
+        p.add("server.ops_listen", "must differ from server.listen");
+    }
     if raw.body_limit.as_u64() == 0 {
         p.add("server.body_limit", "must be greater than zero");
     }
@@ -193,8 +294,11 @@ pub(super) fn check_server(raw: RawServer, p: &mut Problems) -> ServerSettings {
         .admin_token
         .as_ref()
         .and_then(|t| secret(t, "server.admin_token", p));
+    let tls = raw.tls.as_ref().and_then(|t| check_tls(t, p));
     ServerSettings {
         listen,
+        tls,
+        ops_listen,
         body_limit: to_usize(raw.body_limit.as_u64()),
         request_timeout: raw.request_timeout,
         admin_token,

@@ -9,7 +9,7 @@ use crate::store::{RunQuery, Store};
 use crate::topology::SharedTopology;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -20,14 +20,34 @@ use std::sync::Arc;
 pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub topology: SharedTopology,
+    /// Reloads the config file (`POST /reload`).
+    pub reloader: Arc<crate::reload::Reloader>,
 }
 
-/// `GET /runs`, `GET /runs/{id}`.
+/// `GET /runs`, `GET /runs/{id}`, `POST /reload`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
+        .route("/reload", post(reload))
         .with_state(state)
+}
+
+/// `POST /reload`: like SIGHUP, but answers with what happened: `200` with
+/// the report, or `422` listing every problem of the new file.
+async fn reload(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    match state.reloader.reload().await {
+        Ok(report) => Ok(Json(json!({ "status": "reloaded", "report": report }))),
+        Err(crate::reload::ReloadError::Invalid(e)) => Err(ApiError::InvalidConfig(e.0)),
+        Err(e) => Err(ApiError::Status(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
 }
 
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {

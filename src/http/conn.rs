@@ -198,8 +198,9 @@ impl Registry {
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the listener (with `SO_REUSEADDR`, like `TcpListener::bind`, and a
-/// deeper accept queue than its 1,024).
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+/// deeper accept queue than its 1,024), as a non-blocking std listener like
+/// the one systemd socket activation passes.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -207,7 +208,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 /// Everything the accept loop needs.
@@ -220,12 +221,25 @@ pub struct Edge {
     pub cap: usize,
     /// Where the connection gauge lives.
     pub health: Arc<Health>,
+    /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) instead of plain HTTP/1.1.
+    pub tls: Option<Arc<super::tls::TlsHandle>>,
 }
 
 /// Serves `listener` until `shutdown` fires, then stops accepting, lets
 /// in-flight requests finish (idle connections close at once) and returns
-/// once every connection is closed. The caller bounds the wait.
-pub async fn serve(listener: TcpListener, edge: Edge, shutdown: CancellationToken) {
+/// once every connection is closed. The caller bounds the wait. `listener`
+/// is a non-blocking std listener: bound by [`bind`] or passed by systemd.
+pub async fn serve(listener: std::net::TcpListener, edge: Edge, shutdown: CancellationToken) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the listener");
+            return;
+        }
+    };
     let edge = Arc::new(edge);
     let registry = Arc::new(Registry::default());
     let tracker = TaskTracker::new();
@@ -332,15 +346,6 @@ async fn serve_conn(
         idle: server.idle_timeout,
     };
     let (max_headers, max_header_size) = hyper_backstops(server);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // A backstop only: our own deadlines below are tighter.
-        .header_read_timeout(server.header_read_timeout.max(server.idle_timeout))
-        .max_headers(max_headers)
-        .max_header_size(max_header_size)
-        .max_buf_size(max_header_size.saturating_add(8192).max(16 * 1024))
-        .keep_alive(true);
     let svc = ConnService {
         router: edge.router.clone(),
         conn: conn.clone(),
@@ -349,7 +354,87 @@ async fn serve_conn(
             timeout: server.linger_timeout,
         },
     };
-    let served = builder.serve_connection(TokioIo::new(stream), svc);
+    // A backstop only: our own deadlines in `drive` are tighter.
+    let backstop = server.header_read_timeout.max(server.idle_timeout);
+    match &edge.tls {
+        None => {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(backstop)
+                .max_headers(max_headers)
+                .max_header_size(max_header_size)
+                .max_buf_size(max_header_size.saturating_add(8192).max(16 * 1024))
+                .keep_alive(true);
+            let served = builder.serve_connection(TokioIo::new(stream), svc);
+            drive(
+                served,
+                |c| c.graceful_shutdown(),
+                &conn,
+                timeouts,
+                &shutdown,
+            )
+            .await;
+        }
+        Some(tls) => {
+            // The handshake counts as reading the first request's headers.
+            let acceptor = tls.acceptor();
+            let tls_stream = tokio::select! {
+                r = tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream)) => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        registry.remove(id);
+                        return;
+                    }
+                    Err(_) => {
+                        registry.remove(id);
+                        return;
+                    }
+                },
+                _ = conn.wake.notified() => { registry.remove(id); return; }
+                _ = shutdown.cancelled() => { registry.remove(id); return; }
+            };
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(backstop)
+                .max_headers(max_headers)
+                .max_buf_size(max_header_size.saturating_add(8192).max(16 * 1024))
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+                .max_concurrent_streams(100);
+            let served = builder.serve_connection(TokioIo::new(tls_stream), svc);
+            drive(
+                served,
+                |c| c.graceful_shutdown(),
+                &conn,
+                timeouts,
+                &shutdown,
+            )
+            .await;
+        }
+    }
+    registry.remove(id);
+}
+
+/// Runs one connection until it ends, closing it when idle past its
+/// deadline, when evicted, or gracefully at shutdown.
+async fn drive<F, E>(
+    served: F,
+    mut graceful: impl FnMut(Pin<&mut F>),
+    conn: &Conn,
+    timeouts: Timeouts,
+    shutdown: &CancellationToken,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(served);
     let mut closing = false;
     loop {
@@ -374,11 +459,10 @@ async fn serve_conn(
             _ = idle_timer => {}
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
-                served.as_mut().graceful_shutdown();
+                graceful(served.as_mut());
             }
         }
     }
-    registry.remove(id);
 }
 
 /// The per-connection service: marks the connection busy while a request

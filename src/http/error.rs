@@ -29,6 +29,17 @@ pub enum ApiError {
     /// shape (404 unknown path, 405, rejections...), rewritten into it.
     #[error("{1}")]
     Status(StatusCode, String),
+    /// `POST /reload` with a config that has problems: a 422 listing them
+    /// all (key and message; never a secret's value).
+    #[error("the new configuration has {} problem(s); the running one stays", .0.len())]
+    InvalidConfig(Vec<crate::config::Problem>),
+}
+
+impl ApiError {
+    /// The `error` code this error answers with (for logs and metrics).
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
 }
 
 /// The `error` code of a bare HTTP status (answers axum or our edge make
@@ -89,6 +100,7 @@ impl ApiError {
             ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             ApiError::Status(status, _) => (*status, code_for_status(*status)),
+            ApiError::InvalidConfig(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
         }
     }
 }
@@ -112,7 +124,14 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        let mut resp = (status, Json(json!({ "error": code, "message": message }))).into_response();
+        let mut body = json!({ "error": code, "message": message });
+        if let ApiError::InvalidConfig(problems) = &self {
+            body["problems"] = problems
+                .iter()
+                .map(|p| json!({ "key": p.key, "message": p.message }))
+                .collect();
+        }
+        let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             if let Ok(v) = "Bearer".parse() {
                 resp.headers_mut()

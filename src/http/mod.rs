@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod tls;
 
 use crate::health::Health;
 use crate::ingress::{self, Headers, IngressError};
@@ -43,6 +44,24 @@ pub struct EdgeState {
     pub wake: Arc<Notify>,
     /// The global bound on buffered body bytes.
     pub budget: BodyBudget,
+    /// Reloads the configuration (`POST /reload`).
+    pub reloader: Arc<crate::reload::Reloader>,
+    /// Renders `/metrics`; `None` when no recorder could be installed.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Throttles the log line about rejected webhooks, per route and reason.
+    pub reject_log: Arc<crate::throttle::Throttle>,
+}
+
+impl EdgeState {
+    /// A rejected webhook: counted, and logged at most once per route and
+    /// reason per interval (a flood must not fill the disk).
+    fn rejected(&self, route: &str, code: &'static str, reason: &str) {
+        metrics::counter!("runbridge_triggers_total", "route" => route.to_string(), "outcome" => code)
+            .increment(1);
+        if let Some(suppressed) = self.reject_log.allow(&format!("{route}/{code}")) {
+            tracing::warn!(route, error = code, reason, suppressed, "webhook rejected");
+        }
+    }
 }
 
 struct HeaderView<'a>(&'a HeaderMap);
@@ -64,9 +83,9 @@ enum Checked {
     Ready(Box<ingress::Prepared>),
 }
 
-/// `POST /hooks/{route}`. `request_timeout` bounds reading and verifying;
-/// once the run is handed to the store the answer waits for the write's
-/// outcome, so a 2xx always has its run and an error never leaves one.
+/// `POST /hooks/{route}`, counted and with its rejections logged (a route
+/// name that is not configured is labelled `(unknown)`, so arbitrary paths
+/// cannot grow the metrics).
 async fn hook(
     State(st): State<EdgeState>,
     route: Result<Path<String>, PathRejection>,
@@ -74,7 +93,48 @@ async fn hook(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Path(route) = route.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let label = {
+        let topo = st.topology.load();
+        if topo.settings.routes.contains_key(&route) && !topo.retired_routes.contains(&route) {
+            route.clone()
+        } else {
+            "(unknown)".to_string()
+        }
+    };
+    let result = checked_hook(&st, &route, &label, headers, body).await;
+    match &result {
+        Ok(resp) => {
+            let outcome = match resp.status() {
+                StatusCode::ACCEPTED => "accepted",
+                StatusCode::OK => "duplicate",
+                s => error::code_for_status(s),
+            };
+            if resp.status().is_success() {
+                metrics::counter!("runbridge_triggers_total", "route" => label, "outcome" => outcome)
+                    .increment(1);
+            }
+        }
+        Err(e) => st.rejected(&label, e.code(), &e.to_string()),
+    }
+    result
+}
+
+/// The hook itself. `request_timeout` bounds reading and verifying; once
+/// the run is handed to the store the answer waits for the write's
+/// outcome, so a 2xx always has its run and an error never leaves one.
+async fn checked_hook(
+    st: &EdgeState,
+    route: &str,
+    label: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let route = route.to_string();
     let topo = st.topology.load_full();
+    if topo.retired_routes.contains(&route) {
+        // Removed by a reload; kept only for its unfinished runs.
+        return Err(IngressError::RouteNotFound(route).into());
+    }
     let settings = &topo.settings;
     let timeout = settings.server.request_timeout;
     let now = Timestamp::now();
@@ -109,7 +169,11 @@ async fn hook(
     let prepared = match checked {
         Err(_) => return Err(ApiError::Timeout(timeout)),
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(Checked::Early(e))) => return Ok(unread_body(e)),
+        Ok(Ok(Checked::Early(e))) => {
+            let e = ApiError::from(e);
+            st.rejected(label, e.code(), &e.to_string());
+            return Ok(unread_body(e));
+        }
         Ok(Ok(Checked::Ready(p))) => p,
     };
     // No deadline from here on: the write's outcome decides the answer.
@@ -130,8 +194,8 @@ async fn hook(
 /// An early rejection that may leave the request body unread: the rest is
 /// drained in the background (lingering close) while the answer goes out,
 /// and the connection closes after it, so say so.
-fn unread_body(e: IngressError) -> Response {
-    let mut resp = ApiError::from(e).into_response();
+fn unread_body(e: ApiError) -> Response {
+    let mut resp = e.into_response();
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
@@ -174,18 +238,81 @@ async fn readyz(State(st): State<EdgeState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// `GET /metrics`: Prometheus text format, rendered by the exporter; the
+/// edge gauges kept in [`Health`] are copied in at scrape time.
+async fn metrics_text(State(st): State<EdgeState>) -> Response {
+    let Some(handle) = &st.metrics else {
+        return ApiError::Status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are not available in this process".into(),
+        )
+        .into_response();
+    };
+    let edge = &st.health.edge;
+    metrics::gauge!("runbridge_edge_connections")
+        .set(edge.connections.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("runbridge_edge_body_bytes_buffered")
+        .set(edge.body_bytes.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("runbridge_edge_body_bytes_buffered_peak")
+        .set(edge.body_bytes_peak.load(Ordering::Relaxed) as f64);
+    for (name, state) in st.health.loops() {
+        metrics::gauge!("runbridge_loop_alive", "loop" => name).set(if state.ok {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    metrics::gauge!("runbridge_store_faulted").set(if st.store.fault().is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     let body = json!({ "error": "not_found", "message": "no such endpoint; webhooks go to POST /hooks/{route}" });
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
+/// `/healthz`, `/readyz` and `/metrics`, for [`router`] or, with
+/// `server.ops_listen`, a listener of their own.
+fn ops_routes(st: EdgeState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(st)
+}
+
+/// The router of the `server.ops_listen` listener: the ops endpoints only.
+pub fn ops_router(st: EdgeState) -> Router {
+    ops_routes(st)
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(json_errors))
+}
+
 /// The HTTP surface: every answer, including the router's own 404/405 and
-/// extractor rejections, is JSON of the documented shape.
-pub fn router(st: EdgeState) -> Router {
+/// extractor rejections, is JSON of the documented shape. With `with_ops`
+/// false, `/healthz`, `/readyz` and `/metrics` are left to [`ops_router`].
+pub fn router(st: EdgeState, with_ops: bool) -> Router {
     let server = st.topology.load().settings.server.clone();
     let admin = AdminState {
         store: st.store.clone(),
         topology: st.topology.clone(),
+        reloader: st.reloader.clone(),
+    };
+    let ops = if with_ops {
+        ops_routes(st.clone())
+    } else {
+        Router::new()
     };
     let limits = HeaderLimits {
         max_headers: server.max_headers,
@@ -193,9 +320,8 @@ pub fn router(st: EdgeState) -> Router {
     };
     Router::new()
         .route("/hooks/{route}", post(hook))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .with_state(st)
+        .merge(ops)
         .merge(admin::router(admin))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(server.body_limit))

@@ -92,6 +92,12 @@ pub trait Store: Send + Sync + 'static {
         skip: &dyn Fn(RunId) -> bool,
     ) -> Result<Vec<(Timestamp, RunId)>, StoreError>;
 
+    /// Entries in the due index now (about one per unfinished run), for
+    /// the due-queue depth gauge.
+    fn due_len(&self) -> Result<usize, StoreError> {
+        Ok(self.due(Timestamp(u64::MAX), usize::MAX, &|_| false)?.len())
+    }
+
     /// Unfinished runs found when the store was opened (the runs a restart resumes).
     fn unfinished_at_open(&self) -> usize;
 

@@ -698,6 +698,10 @@ fn flush_loop(rx: std_mpsc::Receiver<(Arc<Inner>, Answers)>, shared: Arc<Shared>
                 StoreError::Backend(format!("flush failed: {e}"))
             })
         };
+        metrics::histogram!("runbridge_store_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("runbridge_store_batch_writes")
+            .record(groups.iter().map(|(_, a)| a.len()).sum::<usize>() as f64);
         tracing::trace!(
             groups = groups.len(),
             bytes = flushed.as_ref().copied().unwrap_or(0),
@@ -803,6 +807,10 @@ impl Store for SledStore {
 
     fn unfinished_at_open(&self) -> usize {
         self.unfinished_at_open
+    }
+
+    fn due_len(&self) -> Result<usize, StoreError> {
+        Ok(self.inner()?.trees.due.entries().len())
     }
 
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {

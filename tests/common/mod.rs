@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod service;
 pub mod vendor;
 
 use std::collections::{HashMap, VecDeque};
