@@ -342,6 +342,7 @@ async fn serve_conn(
         .max_buf_size(max_header_size.saturating_add(8192).max(16 * 1024))
         .keep_alive(true);
     let svc = ConnService {
+        peer: stream.peer_addr().ok(),
         router: edge.router.clone(),
         conn: conn.clone(),
         linger: Linger {
@@ -385,6 +386,8 @@ async fn serve_conn(
 /// is in flight, wraps the request body for lingering close, and runs the
 /// router.
 struct ConnService {
+    /// The connection's peer, handed to handlers as `ConnectInfo` (an IP allow-list needs it).
+    peer: Option<std::net::SocketAddr>,
     router: Router,
     conn: Arc<Conn>,
     linger: Linger,
@@ -398,7 +401,11 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = InFlight::enter(self.conn.clone());
         let linger = self.linger;
-        let req = req.map(|b| axum::body::Body::new(LingerBody::new(b, linger)));
+        let mut req = req.map(|b| axum::body::Body::new(LingerBody::new(b, linger)));
+        if let Some(peer) = self.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         let router = self.router.clone();
         Box::pin(async move {
             let resp = match router.oneshot(req).await {

@@ -15,15 +15,16 @@ use crate::topology::SharedTopology;
 use admin::AdminState;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use body::{BodyBudget, ReadError};
 use error::ApiError;
 use http_body_util::BodyExt;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,15 +46,32 @@ pub struct EdgeState {
     pub budget: BodyBudget,
 }
 
-struct HeaderView<'a>(&'a HeaderMap);
+/// What ingress sees of a request besides its body: headers, the decoded
+/// query and the peer address (set by `conn.rs` as [`ConnectInfo`]).
+struct HeaderView<'a> {
+    headers: &'a HeaderMap,
+    query: Vec<(String, String)>,
+    peer: Option<IpAddr>,
+}
 
 impl Headers for HeaderView<'_> {
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     fn raw(&self, name: &str) -> Option<&[u8]> {
-        self.0.get(name).map(HeaderValue::as_bytes)
+        self.headers.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn query(&self, name: &str) -> Option<String> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn peer(&self) -> Option<IpAddr> {
+        self.peer
     }
 }
 
@@ -61,7 +79,7 @@ impl Headers for HeaderView<'_> {
 enum Checked {
     /// Refused before the body was read (or while reading it).
     Early(IngressError),
-    Ready(Box<ingress::Prepared>),
+    Ready(ingress::Outcome),
 }
 
 /// `POST /hooks/{route}`. `request_timeout` bounds reading and verifying;
@@ -70,6 +88,8 @@ enum Checked {
 async fn hook(
     State(st): State<EdgeState>,
     route: Result<Path<String>, PathRejection>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -78,7 +98,14 @@ async fn hook(
     let settings = &topo.settings;
     let timeout = settings.server.request_timeout;
     let now = Timestamp::now();
-    let view = HeaderView(&headers);
+    let view = HeaderView {
+        headers: &headers,
+        query: uri
+            .query()
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default(),
+        peer: peer.map(|Extension(ConnectInfo(a))| a.ip()),
+    };
     let mut held = st.budget.hold();
     let checked = tokio::time::timeout(timeout, async {
         if let Err(e) = ingress::before_body(settings, &route, &view, now) {
@@ -101,16 +128,27 @@ async fn hook(
                 )))
             }
         };
-        ingress::prepare(settings, &route, &view, &bytes, now)
-            .map(|p| Checked::Ready(Box::new(p)))
-            .map_err(ApiError::from)
+        match ingress::prepare(settings, &route, &view, &bytes, now) {
+            Ok(o) => Ok(Checked::Ready(o)),
+            // Refused after the whole body was read: an ordinary answer.
+            Err(e) => Err(ApiError::from(e)),
+        }
     })
     .await;
     let prepared = match checked {
         Err(_) => return Err(ApiError::Timeout(timeout)),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Checked::Early(e))) => return Ok(unread_body(e)),
-        Ok(Ok(Checked::Ready(p))) => p,
+        Ok(Ok(Checked::Ready(ingress::Outcome::Run(p)))) => p,
+        Ok(Ok(Checked::Ready(ingress::Outcome::Ignored { status, reason }))) => {
+            st.health.edge.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(route = %route, reason = %reason, "request ignored by the route's filter");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            return Ok((status, Json(json!({ "ignored": true, "reason": reason }))).into_response());
+        }
+        Ok(Ok(Checked::Ready(ingress::Outcome::Challenge(c)))) => {
+            return Ok((StatusCode::OK, Json(json!({ "challenge": c }))).into_response());
+        }
     };
     // No deadline from here on: the write's outcome decides the answer.
     let accepted = ingress::persist(&*st.store, *prepared).await?;
@@ -163,6 +201,7 @@ async fn readyz(State(st): State<EdgeState>) -> Response {
             "connections": edge.connections.load(Ordering::Relaxed),
             "body_bytes_buffered": edge.body_bytes.load(Ordering::Relaxed),
             "body_bytes_buffered_peak": edge.body_bytes_peak.load(Ordering::Relaxed),
+            "ignored_by_filters": edge.ignored.load(Ordering::Relaxed),
             "body_limit": topo.settings.server.body_limit,
         },
     });
