@@ -366,3 +366,6 @@ pub(crate) fn any_ct_eq<'a>(given: &[u8], expected: impl IntoIterator<Item = &'a
 pub(crate) fn exposed(secrets: &[Secret]) -> Vec<String> {
     secrets.iter().map(|s| s.expose().to_string()).collect()
 }
+
+#[cfg(test)]
+mod tests;
