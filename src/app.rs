@@ -4,6 +4,7 @@
 use crate::config::Settings;
 use crate::health::Health;
 use crate::http::{self, EdgeState};
+use crate::ingress::inflight::{Gate, GatedStore};
 use crate::scheduler::Scheduler;
 use crate::store::sled::SledStore;
 use crate::store::Store;
@@ -61,16 +62,20 @@ pub async fn run(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), StartupError> {
     let storage = settings.storage.clone();
-    let store: Arc<dyn Store> = Arc::new(
+    let sled: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || SledStore::open(&storage.path, storage.cache_capacity))
             .await
             .map_err(|e| crate::store::StoreError::Backend(e.to_string()))??,
     );
+    // Routes' max_in_flight: counted around the store (see ingress::inflight).
+    let wake = Arc::new(Notify::new());
+    let gate = Arc::new(Gate::new(wake.clone()));
+    gate.rebuild(&*sled, &settings)?;
+    let store: Arc<dyn Store> = Arc::new(GatedStore::new(sled, gate.clone()));
     let unfinished = store.unfinished_at_open();
     let client = http_client()?;
     let server = settings.server.clone();
     let topology = topology::shared(Topology::new(settings, &client));
-    let wake = Arc::new(Notify::new());
 
     let health = Arc::new(Health::default());
     let fds = http::conn::raise_descriptor_limit();
@@ -90,6 +95,7 @@ pub async fn run(
         health: health.clone(),
         wake: wake.clone(),
         budget: http::body::BodyBudget::new(server.body_buffer_limit, health.clone()),
+        gate,
     });
     let listener = http::conn::bind(server.listen).map_err(|source| StartupError::Bind {
         addr: server.listen,

@@ -1003,3 +1003,90 @@ fn check_config_accepts_every_example() {
     }
     assert!(n >= 5, "expected an example per sender, found {n}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_refuses_with_429_then_admits_when_runs_end() {
+    let slate = FakeSlate::start().await;
+    let secret = toml_str(GH_SECRET);
+    let d = daemon_with(
+        &slate,
+        &format!(
+            "\n[routes.busy]\nprovider = \"slate\"\nworkflow_id = \"wf_hold_busy\"\nverify = {{ kind = \"github\", secret = {secret} }}\nmax_in_flight = 2\n"
+        ),
+    )
+    .await;
+    let a = d.post_github("busy", "b-1", &gh_payload("o/b")).await;
+    let b = d.post_github("busy", "b-2", &gh_payload("o/b")).await;
+    assert_eq!((a.status, b.status), (202, 202));
+    // The limit is checked before the store's dedupe: a redelivery while
+    // the route is full is refused too (and answered 200 once there is room).
+    let dup = d.post_github("busy", "b-1", &gh_payload("o/b")).await;
+    assert_eq!(dup.status, 429, "{dup:?}");
+    let resp = d
+        .hook_http
+        .post(d.url("/hooks/busy"))
+        .body(serde_json::to_vec(&gh_payload("o/b")).unwrap())
+        .header(
+            "X-Hub-Signature-256",
+            github_signature(GH_SECRET, &serde_json::to_vec(&gh_payload("o/b")).unwrap()),
+        )
+        .header("X-GitHub-Delivery", "b-3")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(d.run_count().await, 2, "nothing persisted over the limit");
+    slate.release_holds();
+    d.wait_done(&a.run_id()).await;
+    d.wait_done(&b.run_id()).await;
+    let c = d.post_github("busy", "b-3", &gh_payload("o/b")).await;
+    assert_eq!(c.status, 202, "room again once runs ended: {c:?}");
+    let dup = d.post_github("busy", "b-1", &gh_payload("o/b")).await;
+    assert_eq!((dup.status, dup.run_id()), (200, a.run_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_queue_runs_every_run_in_turn() {
+    let slate = FakeSlate::start().await;
+    let secret = toml_str(GH_SECRET);
+    let d = daemon_with(
+        &slate,
+        &format!(
+            "\n[routes.lane]\nprovider = \"slate\"\nworkflow_id = \"wf_hold_lane\"\nverify = {{ kind = \"github\", secret = {secret} }}\nmax_in_flight = 2\nover_limit = \"queue\"\n"
+        ),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = d
+            .post_github("lane", &format!("l-{i}"), &gh_payload("o/l"))
+            .await;
+        assert_eq!(r.status, 202, "{r:?}");
+        ids.push(r.run_id());
+    }
+    // Two start and are tracked; the other three stay accepted meanwhile.
+    poll_until("two runs tracked", DEADLINE, || async {
+        let mut tracking = 0;
+        for id in &ids {
+            tracking += usize::from(d.get_run(id).await["phase"] == "tracking");
+        }
+        if tracking == 2 {
+            Ok(())
+        } else {
+            Err(format!("{tracking} tracking"))
+        }
+    })
+    .await;
+    let mut accepted = 0;
+    for id in &ids {
+        accepted += usize::from(d.get_run(id).await["phase"] == "accepted");
+    }
+    assert_eq!((accepted, slate.create_count()), (3, 2));
+    slate.release_holds();
+    for id in &ids {
+        let run = d.wait_done(id).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    assert_eq!(slate.distinct_runs(), 5);
+}

@@ -265,16 +265,10 @@ pub(super) fn check_route(
         max_in_flight: raw.max_in_flight,
     }
     .check(key, &mut |k, m| p.add(k, m));
-    if raw.max_in_flight.is_some() {
-        p.add(
-            format!("{key}.max_in_flight"),
-            "not supported on routes yet (use rate_per_s or rate_per_min with burst)",
-        );
-    }
-    if raw.over_limit.is_some() && limit.rate.is_none() {
+    if raw.over_limit.is_some() && limit.rate.is_none() && limit.max_in_flight.is_none() {
         p.add(
             format!("{key}.over_limit"),
-            "needs rate_per_s or rate_per_min",
+            "needs rate_per_s, rate_per_min or max_in_flight",
         );
     }
     if let Some(t) = raw.run_timeout {

@@ -44,6 +44,8 @@ pub struct EdgeState {
     pub wake: Arc<Notify>,
     /// The global bound on buffered body bytes.
     pub budget: BodyBudget,
+    /// Counts runs of routes with `max_in_flight`.
+    pub gate: Arc<ingress::inflight::Gate>,
 }
 
 /// What ingress sees of a request besides its body: headers, the decoded
@@ -151,7 +153,7 @@ async fn hook(
         }
     };
     // No deadline from here on: the write's outcome decides the answer.
-    let accepted = ingress::persist(&*st.store, *prepared).await?;
+    let accepted = ingress::persist(&*st.store, &st.gate, *prepared).await?;
     drop(held);
     let status = if accepted.duplicate {
         StatusCode::OK

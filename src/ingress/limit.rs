@@ -1,7 +1,8 @@
 //! Per-route limits over verified requests (strangers cannot use up a
 //! route's allowance): a rate (`rate_per_s` or `rate_per_min`, with
 //! `burst`), the same keys and the same limiter ([`crate::limit`], governor's
-//! GCRA) as provider limits. Over the limit a request is either refused
+//! GCRA) as provider limits; `max_in_flight` is counted by
+//! [`super::inflight`]. Over the limit a request is either refused
 //! (429 with `Retry-After`, nothing persisted) or, with
 //! `over_limit = "queue"`, accepted and persisted with a later due time: the
 //! run stays `accepted` until its turn in the rate, and the scheduler,
@@ -59,6 +60,16 @@ impl RouteLimiter {
             tat_ms: Mutex::new(0),
             origin: std::time::Instant::now(),
         }
+    }
+
+    /// The route's `max_in_flight`, if any (counted by [`super::inflight::Gate`]).
+    pub fn max_in_flight(&self) -> Option<usize> {
+        self.settings.max_in_flight
+    }
+
+    /// What happens over the limit.
+    pub fn mode(&self) -> OverLimit {
+        self.mode
     }
 
     /// Decides one verified request.

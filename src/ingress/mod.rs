@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod filter;
+pub mod inflight;
 pub mod limit;
 pub mod map;
 pub mod verify;
@@ -120,6 +121,8 @@ pub fn before_body<'a>(
 pub struct Prepared {
     run: Run,
     dedupe: Option<DedupeKey>,
+    /// The route's `max_in_flight` and what happens over it.
+    in_flight: Option<(usize, limit::OverLimit)>,
 }
 
 /// What a verified request comes to, before the store.
@@ -200,22 +203,48 @@ pub fn prepare(
     let mut run = Run::accepted(id, spec, now, deadline);
     // A queued run stays `accepted` and comes due at its turn in the rate.
     run.due_at = Some(start_at);
-    Ok(Outcome::Run(Box::new(Prepared { run, dedupe })))
+    let in_flight = route
+        .limiter
+        .max_in_flight()
+        .map(|m| (m, route.limiter.mode()));
+    Ok(Outcome::Run(Box::new(Prepared {
+        run,
+        dedupe,
+        in_flight,
+    })))
 }
 
-/// Durably persists a prepared run (or finds the duplicate's original).
-/// Returns only once the outcome is durable; callers must await it to the
-/// end, never cut it off, so that an answer always matches the store.
-pub async fn persist(store: &dyn Store, prepared: Prepared) -> Result<Accepted, IngressError> {
+/// Durably persists a prepared run (or finds the duplicate's original),
+/// after the route's `max_in_flight` admits it (429 otherwise, nothing
+/// persisted). Returns only once the outcome is durable; callers must await
+/// it to the end, never cut it off, so that an answer always matches the store.
+pub async fn persist(
+    store: &dyn Store,
+    gate: &inflight::Gate,
+    prepared: Prepared,
+) -> Result<Accepted, IngressError> {
     let id = prepared.run.id;
-    match store.create_run(&prepared.run, prepared.dedupe).await? {
-        Created::New => Ok(Accepted {
+    if let Some((max, mode)) = prepared.in_flight {
+        if !gate.admit(&prepared.run.route, id, max, mode) {
+            return Err(IngressError::RateLimited(Duration::from_secs(1)));
+        }
+    }
+    let created = store.create_run(&prepared.run, prepared.dedupe).await;
+    match created {
+        Ok(Created::New) => Ok(Accepted {
             run_id: id,
             duplicate: false,
         }),
-        Created::Duplicate(existing) => Ok(Accepted {
-            run_id: existing,
-            duplicate: true,
-        }),
+        Ok(Created::Duplicate(existing)) => {
+            gate.cancel(id);
+            Ok(Accepted {
+                run_id: existing,
+                duplicate: true,
+            })
+        }
+        Err(e) => {
+            gate.cancel(id);
+            Err(e.into())
+        }
     }
 }
