@@ -239,3 +239,74 @@ impl Store for GatedStore {
         self.inner.close().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{RunSpec, RunStatus};
+    use crate::store::sled::SledStore;
+
+    fn settings() -> Settings {
+        let toml = r#"
+[providers.sim]
+kind = "simulated"
+
+[routes.r]
+provider = "sim"
+workflow_id = "wf"
+verify = { kind = "none" }
+max_in_flight = 2
+over_limit = "queue"
+"#;
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        Settings::from_config(cfg).unwrap()
+    }
+
+    fn run(now: Timestamp) -> Run {
+        let spec = RunSpec {
+            route: "r".into(),
+            provider: "sim".into(),
+            workflow_id: "wf".into(),
+            inputs: serde_json::json!({}),
+            delivery_id: None,
+        };
+        Run::accepted(
+            RunId::new(),
+            spec,
+            now,
+            now.plus(std::time::Duration::from_secs(60)),
+        )
+    }
+
+    #[tokio::test]
+    async fn counts_are_rebuilt_and_waiting_runs_hidden_until_a_slot_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap());
+        let now = Timestamp::now();
+        let mut started = run(now);
+        sled.create_run(&started, None).await.unwrap();
+        started.phase = Phase::Starting;
+        sled.save_run(&started).await.unwrap();
+        for _ in 0..2 {
+            sled.create_run(&run(now), None).await.unwrap();
+        }
+        let gate = Arc::new(Gate::new(Arc::new(Notify::new())));
+        gate.rebuild(&*sled, &settings()).unwrap();
+        assert_eq!(gate.running("r"), 1);
+        let store = GatedStore::new(sled, gate.clone());
+        let until = now.plus(std::time::Duration::from_secs(1));
+        let seen = store.due(until, 10, &|_| false).unwrap();
+        assert_eq!(seen.len(), 2, "the started run and one waiting run");
+        assert_eq!(gate.running("r"), 2);
+        started.phase = Phase::Done;
+        started.status = RunStatus::Succeeded;
+        started.due_at = None;
+        store.save_run(&started).await.unwrap();
+        assert_eq!(gate.running("r"), 1);
+        let seen = store.due(until, 10, &|_| false).unwrap();
+        assert_eq!(seen.len(), 2, "both waiting runs now");
+    }
+}

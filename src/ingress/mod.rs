@@ -77,7 +77,7 @@ pub fn dedupe_source(route: &RouteSettings) -> Option<DedupeSource> {
         return Some(DedupeSource::Header(h.clone()));
     }
     if let Some(p) = &route.dedupe_pointer {
-        return Some(DedupeSource::Pointer(p.as_str().to_string()));
+        return Some(DedupeSource::Pointer(p.clone()));
     }
     route.verify.dedupe()
 }
@@ -85,13 +85,11 @@ pub fn dedupe_source(route: &RouteSettings) -> Option<DedupeSource> {
 fn delivery_id(route: &RouteSettings, req: &dyn Headers, payload: &Value) -> Option<String> {
     let id = match dedupe_source(route)? {
         DedupeSource::Header(h) => req.get(&h)?.trim().to_string(),
-        DedupeSource::Pointer(p) => {
-            match crate::template::Pointer::parse(&p).ok()?.find(payload)? {
-                Value::String(s) => s.trim().to_string(),
-                Value::Number(n) => n.to_string(),
-                _ => return None,
-            }
-        }
+        DedupeSource::Pointer(p) => match p.find(payload)? {
+            Value::String(s) => s.trim().to_string(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        },
     };
     (!id.is_empty()).then_some(id)
 }

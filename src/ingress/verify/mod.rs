@@ -23,6 +23,7 @@ use crate::config::limits::MAX_TOLERANCE;
 use crate::config::{bounded, secret, Problems, RawSecret};
 use crate::secret::Secret;
 use crate::signing::ct_eq;
+use crate::template::Pointer;
 use crate::time::Timestamp;
 use serde::Deserialize;
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub enum DedupeSource {
     /// A request header (lowercase name).
     Header(String),
     /// A JSON pointer into the parsed body.
-    Pointer(String),
+    Pointer(Pointer),
 }
 
 /// One configured kind.

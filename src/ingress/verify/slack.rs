@@ -6,6 +6,7 @@ use crate::config::{Problems, RawSecret};
 use crate::ingress::{Headers, IngressError};
 use crate::secret::Secret;
 use crate::signing::hmac_sha256;
+use crate::template::Pointer;
 use crate::time::Timestamp;
 use serde::Deserialize;
 
@@ -93,6 +94,6 @@ impl Kind for Slack {
     }
 
     fn dedupe(&self) -> Option<DedupeSource> {
-        Some(DedupeSource::Pointer("/event_id".into()))
+        Some(DedupeSource::Pointer(Pointer::parse("/event_id").ok()?))
     }
 }

@@ -6,6 +6,7 @@ use crate::config::{Problems, RawSecret};
 use crate::ingress::{Headers, IngressError};
 use crate::secret::Secret;
 use crate::signing::hmac_sha256;
+use crate::template::Pointer;
 use crate::time::Timestamp;
 use serde::Deserialize;
 
@@ -97,6 +98,6 @@ impl Kind for Stripe {
     }
 
     fn dedupe(&self) -> Option<DedupeSource> {
-        Some(DedupeSource::Pointer("/id".into()))
+        Some(DedupeSource::Pointer(Pointer::parse("/id").ok()?))
     }
 }

@@ -122,7 +122,10 @@ fn published_vectors() {
     )]);
     assert!(verify(&stripe, &r, body, at(1492774577)).is_ok());
     assert!(verify(&stripe, &r, body, at(1492774577 + 301)).is_err());
-    assert_eq!(stripe.dedupe(), Some(DedupeSource::Pointer("/id".into())));
+    assert_eq!(
+        stripe.dedupe(),
+        Some(DedupeSource::Pointer(Pointer::parse("/id").unwrap()))
+    );
 
     let shop = settings(json!({"kind": "shopify", "secret": "shop-secret"}));
     let r = req(&[(
