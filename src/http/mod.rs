@@ -65,6 +65,16 @@ impl Headers for HeaderView<'_> {
         self.headers.get(name).map(HeaderValue::as_bytes)
     }
 
+    fn all(&self, name: &str) -> Vec<&str> {
+        // An unreadable line is kept (empty) so a chain reader sees it is
+        // there and trusts nothing left of it.
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect()
+    }
+
     fn query(&self, name: &str) -> Option<String> {
         self.query
             .iter()

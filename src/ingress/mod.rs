@@ -31,6 +31,11 @@ pub trait Headers {
     fn raw(&self, name: &str) -> Option<&[u8]> {
         self.get(name).map(str::as_bytes)
     }
+    /// Every value of a repeated header, in order (a proxy may add its own
+    /// `X-Forwarded-For` line instead of appending to the sender's).
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.get(name).into_iter().collect()
+    }
     /// The (percent-decoded) value of a query parameter, if present.
     fn query(&self, _name: &str) -> Option<String> {
         None

@@ -102,10 +102,15 @@ impl IpAllow {
         if !self.trusted(peer) {
             return Some(peer);
         }
-        let chain: Vec<Option<IpAddr>> = if let Some(xff) = req.get("x-forwarded-for") {
-            xff.split(',').map(parse_addr).collect()
-        } else if let Some(fwd) = req.get("forwarded") {
-            fwd.split(',')
+        // Every line of the header, in order, as one list: the hops a
+        // proxy appended on a line of its own count as much as appended ones.
+        let xff = req.all("x-forwarded-for");
+        let fwd = req.all("forwarded");
+        let chain: Vec<Option<IpAddr>> = if !xff.is_empty() {
+            xff.join(",").split(',').map(parse_addr).collect()
+        } else if !fwd.is_empty() {
+            fwd.join(",")
+                .split(',')
                 .map(|el| {
                     el.split(';')
                         .filter_map(|kv| kv.trim().split_once('='))
