@@ -71,16 +71,22 @@ pub enum InputSource {
 /// One workflow input of a route.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputSettings {
+    /// The input's name in the workflow.
     pub name: String,
+    /// Where its value comes from.
     pub source: InputSource,
+    /// A missing value is a 422 naming the input (unless `default` fills it).
     pub required: bool,
+    /// Used when the source has no value.
     pub default: Option<Value>,
 }
 
 /// One callback target of a route.
 #[derive(Debug, Clone)]
 pub struct CallbackSettings {
+    /// Where results are POSTed.
     pub url: String,
+    /// The Standard Webhooks key callbacks are signed with.
     pub key: WebhookKey,
 }
 

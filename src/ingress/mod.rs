@@ -49,20 +49,28 @@ pub trait Headers {
 /// Why a webhook was refused. Each maps to one HTTP status in `error.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
+    /// 404: no such route.
     #[error("no route named {0:?}")]
     RouteNotFound(String),
+    /// 401: verification failed (the message names what, never a secret).
     #[error("{0}")]
     Unauthorized(String),
+    /// 413: the body is over `server.body_limit`.
     #[error("body is larger than the {0}-byte limit")]
     PayloadTooLarge(usize),
-    #[error("content type {0:?} is not supported; send application/json")]
+    /// 415: neither JSON nor a URL-encoded form.
+    #[error("content type {0:?} is not supported; send application/json or application/x-www-form-urlencoded")]
     UnsupportedMediaType(String),
+    /// 400: the body (or a form's `payload` field) is not JSON.
     #[error("body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// 422: a required input found no value.
     #[error("{0}")]
     MissingInput(String),
-    #[error("the route's rate limit is reached; retry after {} s", .0.as_secs().max(1))]
+    /// 429: over the route's rate or `max_in_flight`; retry after this long.
+    #[error("the route's limit is reached; retry after {} s", .0.as_secs().max(1))]
     RateLimited(Duration),
+    /// 503: the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -70,6 +78,7 @@ pub enum IngressError {
 /// A persisted (or deduplicated) trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
+    /// The new run, or the duplicate's original.
     pub run_id: RunId,
     /// The delivery id was seen before; no new run was created.
     pub duplicate: bool,
