@@ -4,6 +4,7 @@
 use crate::config::Settings;
 use crate::health::Health;
 use crate::http::{self, EdgeState};
+use crate::ingress::inflight::{Gate, GatedStore};
 use crate::scheduler::Scheduler;
 use crate::store::sled::SledStore;
 use crate::store::Store;
@@ -115,16 +116,20 @@ pub async fn run(
 ) -> Result<(), StartupError> {
     let metrics = metrics_recorder();
     let storage = settings.storage.clone();
-    let store: Arc<dyn Store> = Arc::new(
+    let sled: Arc<dyn Store> = Arc::new(
         tokio::task::spawn_blocking(move || SledStore::open(&storage.path, storage.cache_capacity))
             .await
             .map_err(|e| crate::store::StoreError::Backend(e.to_string()))??,
     );
+    // Routes' max_in_flight: counted around the store (see ingress::inflight).
+    let wake = Arc::new(Notify::new());
+    let gate = Arc::new(Gate::new(wake.clone()));
+    gate.rebuild(&*sled, &settings)?;
+    let store: Arc<dyn Store> = Arc::new(GatedStore::new(sled, gate.clone()));
     let unfinished = store.unfinished_at_open();
     let client = http_client()?;
     let server = settings.server.clone();
     let topology = topology::shared(Topology::new(settings, &client));
-    let wake = Arc::new(Notify::new());
 
     let stall = std::env::var(TEST_LOOP_STALL_ENV)
         .ok()
@@ -171,6 +176,7 @@ pub async fn run(
         reloader: reloader.clone(),
         metrics,
         reject_log: Arc::new(crate::throttle::Throttle::new(Duration::from_secs(10))),
+        gate,
     };
     let app = http::router(state.clone(), server.ops_listen.is_none());
     let listener = open_listener(server.listen, true)?;

@@ -43,6 +43,8 @@ pub struct EdgeGauges {
     pub body_bytes: AtomicU64,
     /// The most body bytes ever buffered at once since start.
     pub body_bytes_peak: AtomicU64,
+    /// Verified webhooks a route's filter ignored since start (counted, not persisted).
+    pub ignored: AtomicU64,
 }
 
 impl EdgeGauges {

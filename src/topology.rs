@@ -3,7 +3,7 @@
 //! and secrets atomically while runs keep going. Tasks load the current
 //! topology when they need it instead of keeping copies.
 
-use crate::config::{ProviderSettings, Settings, VerifySettings};
+use crate::config::{ProviderSettings, Settings};
 use crate::providers::{self, Provider};
 use crate::secret::Redactor;
 use arc_swap::ArcSwap;
@@ -58,12 +58,7 @@ pub fn redactor(settings: &Settings) -> Redactor {
         }
     }
     for r in settings.routes.values() {
-        match &r.verify {
-            VerifySettings::None => {}
-            VerifySettings::Token { token } => secrets.push(token.expose().to_string()),
-            VerifySettings::Github { secret } => secrets.push(secret.expose().to_string()),
-            VerifySettings::StandardWebhooks { key, .. } => secrets.push(key.to_secret_string()),
-        }
+        secrets.extend(r.verify.secrets());
         for c in &r.callbacks {
             secrets.push(c.key.to_secret_string());
         }

@@ -487,7 +487,23 @@ fn every_config_example_passes_check_config() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert!(seen >= 2, "examples found: {seen}");
+    // One per sender, plus the deployment examples (systemd, docker, tls).
+    for name in [
+        "github",
+        "stripe",
+        "slack",
+        "shopify",
+        "standard-webhooks",
+        "systemd",
+        "docker",
+        "tls",
+    ] {
+        assert!(
+            root.join(format!("config/examples/{name}.toml")).exists(),
+            "config/examples/{name}.toml is missing"
+        );
+    }
+    assert!(seen >= 8, "examples found: {seen}");
 }
 
 #[test]

@@ -213,10 +213,10 @@ impl Settings {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(pub(crate) Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -224,7 +224,7 @@ impl Problems {
     }
 
     /// Deserializes one value, recording an error with its full key path.
-    fn parse<T: for<'de> Deserialize<'de>>(
+    pub(crate) fn parse<T: for<'de> Deserialize<'de>>(
         &mut self,
         prefix: &str,
         value: Option<config::Value>,
@@ -337,7 +337,7 @@ pub fn resolve_secret(raw: &str, key: &str, p: &mut impl FnMut(String, String)) 
     }
 }
 
-fn secret(raw: &RawSecret, key: &str, p: &mut Problems) -> Option<Secret> {
+pub(crate) fn secret(raw: &RawSecret, key: &str, p: &mut Problems) -> Option<Secret> {
     resolve_secret(raw.as_str(), key, &mut |k, m| p.add(k, m))
 }
 
@@ -364,7 +364,7 @@ fn check_url(key: &str, raw: &str, p: &mut Problems) -> Option<String> {
     }
 }
 
-fn positive(key: &str, d: Duration, p: &mut Problems) {
+pub(crate) fn positive(key: &str, d: Duration, p: &mut Problems) {
     if d.is_zero() {
         p.add(key, "must be greater than zero");
     }
@@ -373,7 +373,7 @@ fn positive(key: &str, d: Duration, p: &mut Problems) {
 /// Records a problem when a duration exceeds its documented maximum (see
 /// README "Limits"): bounds keep every deadline and delay the daemon
 /// computes well inside what timestamps, timers and RFC 3339 can represent.
-fn bounded(key: &str, d: Duration, max: Duration, p: &mut Problems) {
+pub(crate) fn bounded(key: &str, d: Duration, max: Duration, p: &mut Problems) {
     if d > max {
         p.add(
             key,
@@ -545,7 +545,10 @@ mod tests {
             r.inputs[1].source,
             InputSource::Value(serde_json::json!({"camelCase": 1}))
         );
-        assert!(matches!(r.verify, VerifySettings::Github { .. }));
+        assert!(matches!(
+            r.verify.checks(),
+            [crate::ingress::verify::Check::Github(_)]
+        ));
         assert_eq!(s.scheduler.poll_interval, Duration::from_secs(5));
         let dbg = format!("{s:?}");
         assert!(
@@ -673,8 +676,10 @@ mod tests {
             .unwrap();
         let s = Settings::from_config(cfg).unwrap();
         assert_eq!(s.server.admin_token.unwrap().expose(), "987654321");
-        match &s.routes["demo"].verify {
-            VerifySettings::Github { secret } => assert_eq!(secret.expose(), "123456789"),
+        match s.routes["demo"].verify.checks() {
+            [crate::ingress::verify::Check::Github(g)] => {
+                assert_eq!(g.secrets[0].expose(), "123456789")
+            }
             other => panic!("{other:?}"),
         }
         // Wrong shapes and bad values: the error names the key, never the value.

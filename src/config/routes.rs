@@ -1,71 +1,91 @@
-//! `[routes.NAME]`: webhook routes, their verification, inputs and callbacks.
+//! `[routes.NAME]`: webhook routes, their verification (each kind's keys
+//! live beside it in `src/ingress/verify/`), filter, inputs, dedupe, limits
+//! and callbacks.
 
 use super::scheduler::MAX_RUN_TIMEOUT;
 use super::{bounded, check_url, positive, secret, Problems, RawSecret};
-use crate::secret::Secret;
+use crate::ingress::filter::{RawRule, Rule};
+use crate::ingress::limit::{OverLimit, RouteLimiter};
+use crate::ingress::verify::RawKind;
+pub use crate::ingress::verify::VerifySettings;
+use crate::limit::RawLimit;
 use crate::signing::WebhookKey;
+use crate::template::{Pointer, Template};
 use serde::Deserialize;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest `dedupe_ttl` (90 days of remembered delivery ids).
 pub const MAX_DEDUPE_TTL: Duration = Duration::from_secs(90 * 86_400);
-/// Largest Standard Webhooks `tolerance` (1 h; it is also the replay window).
+/// Largest verification `tolerance` (1 h; it is also the replay window).
 pub const MAX_TOLERANCE: Duration = Duration::from_secs(3600);
+/// Most kinds in one route's `verify` list.
+pub const MAX_VERIFY_KINDS: usize = 8;
 
 /// `[routes.NAME]`
 #[derive(Debug, Clone)]
 pub struct RouteSettings {
+    /// The provider that runs the workflow.
     pub provider: String,
+    /// The vendor's workflow id.
     pub workflow_id: String,
+    /// How senders are authenticated (every kind must pass).
     pub verify: VerifySettings,
+    /// Which verified requests start a run (none: all).
+    pub filter: Option<Rule>,
+    /// The status answered to a request the filter ignores (default 202).
+    pub ignored_status: u16,
+    /// How the payload maps to workflow inputs.
     pub inputs: Vec<InputSettings>,
+    /// A configured delivery-id header (overrides the kind's default).
     pub dedupe_header: Option<String>,
+    /// A configured delivery-id pointer into the body (overrides the kind's default).
+    pub dedupe_pointer: Option<Pointer>,
+    /// How long a delivery id is remembered.
     pub dedupe_ttl: Duration,
+    /// Overrides `scheduler.run_timeout`.
     pub run_timeout: Option<Duration>,
+    /// Where run results are sent.
     pub callbacks: Vec<CallbackSettings>,
-}
-
-/// How a route authenticates its sender.
-#[derive(Debug, Clone)]
-pub enum VerifySettings {
-    None,
-    Token {
-        token: Secret,
-    },
-    Github {
-        secret: Secret,
-    },
-    StandardWebhooks {
-        key: WebhookKey,
-        tolerance: Duration,
-    },
+    /// The route's rate limit over verified requests (shared by every request).
+    pub limiter: Arc<RouteLimiter>,
 }
 
 /// Where one workflow input comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputSource {
     /// A JSON pointer into the payload ("" is the whole payload).
-    Pointer(String),
+    Pointer(Pointer),
     /// A request header.
     Header(String),
+    /// A query parameter.
+    Query(String),
     /// A constant.
     Value(Value),
+    /// A template (`"{{ /a }}@{{ header.X-Event }}"`, or any JSON with placeholders).
+    Template(Template),
 }
 
 /// One workflow input of a route.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputSettings {
+    /// The input's name in the workflow.
     pub name: String,
+    /// Where its value comes from.
     pub source: InputSource,
+    /// A missing value is a 422 naming the input (unless `default` fills it).
     pub required: bool,
+    /// Used when the source has no value.
     pub default: Option<Value>,
 }
 
 /// One callback target of a route.
 #[derive(Debug, Clone)]
 pub struct CallbackSettings {
+    /// Where results are POSTed.
     pub url: String,
+    /// The Standard Webhooks key callbacks are signed with.
     pub key: WebhookKey,
 }
 
@@ -75,10 +95,18 @@ pub(super) struct RawRoute {
     provider: String,
     workflow_id: String,
     #[serde(default)]
-    verify: Option<RawVerify>,
+    verify: Option<config::Value>,
+    filter: Option<RawRule>,
+    ignored_status: Option<u16>,
     #[serde(default)]
     inputs: Vec<RawInput>,
     dedupe_header: Option<String>,
+    dedupe_pointer: Option<String>,
+    rate_per_s: Option<u32>,
+    rate_per_min: Option<u32>,
+    burst: Option<u32>,
+    max_in_flight: Option<usize>,
+    over_limit: Option<OverLimit>,
     #[serde(default = "default_dedupe_ttl", with = "humantime_serde")]
     dedupe_ttl: Duration,
     #[serde(default, with = "humantime_serde")]
@@ -92,49 +120,14 @@ fn default_dedupe_ttl() -> Duration {
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-enum RawVerify {
-    None(RawNoVerify),
-    Token(RawToken),
-    Github(RawGithub),
-    StandardWebhooks(RawStandard),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNoVerify {}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawToken {
-    token: RawSecret,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGithub {
-    secret: RawSecret,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStandard {
-    secret: RawSecret,
-    #[serde(default = "default_tolerance", with = "humantime_serde")]
-    tolerance: Duration,
-}
-
-fn default_tolerance() -> Duration {
-    Duration::from_secs(300)
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInput {
     name: String,
     pointer: Option<String>,
     header: Option<String>,
+    query: Option<String>,
     value: Option<Value>,
+    template: Option<Value>,
     #[serde(default = "yes")]
     required: bool,
     default: Option<Value>,
@@ -181,39 +174,17 @@ pub(super) fn check_route(
     if raw.workflow_id.trim().is_empty() {
         p.add(format!("{key}.workflow_id"), "must not be empty");
     }
-    let verify = match raw.verify {
-        None => {
-            p.add(
-                format!("{key}.verify"),
-                "missing; say verify = { kind = \"none\" } to accept unauthenticated requests",
-            );
-            None
-        }
-        Some(RawVerify::None(_)) => Some(VerifySettings::None),
-        Some(RawVerify::Token(t)) => secret(&t.token, &format!("{key}.verify.token"), p)
-            .map(|token| VerifySettings::Token { token }),
-        Some(RawVerify::Github(g)) => secret(&g.secret, &format!("{key}.verify.secret"), p)
-            .map(|secret| VerifySettings::Github { secret }),
-        Some(RawVerify::StandardWebhooks(s)) => {
-            let k = format!("{key}.verify.secret");
-            bounded(
-                &format!("{key}.verify.tolerance"),
-                s.tolerance,
-                MAX_TOLERANCE,
-                p,
-            );
-            secret(&s.secret, &k, p).and_then(|sec| match WebhookKey::parse(sec.expose()) {
-                Ok(key) => Some(VerifySettings::StandardWebhooks {
-                    key,
-                    tolerance: s.tolerance,
-                }),
-                Err(e) => {
-                    p.add(k, e.to_string());
-                    None
-                }
-            })
-        }
-    };
+    let verify = check_verify(key, raw.verify, p);
+    let filter = raw
+        .filter
+        .and_then(|f| f.check(&format!("{key}.filter"), p));
+    let ignored_status = raw.ignored_status.unwrap_or(202);
+    if !(200..300).contains(&ignored_status) {
+        p.add(
+            format!("{key}.ignored_status"),
+            "must be a 2xx status (the sender must not retry an ignored request)",
+        );
+    }
     let mut inputs = Vec::new();
     let mut names = std::collections::HashSet::new();
     for (i, inp) in raw.inputs.into_iter().enumerate() {
@@ -226,16 +197,28 @@ pub(super) fn check_route(
                 format!("input {:?} is defined twice", inp.name),
             );
         }
+        let given = [
+            inp.pointer.is_some(),
+            inp.header.is_some(),
+            inp.query.is_some(),
+            inp.value.is_some(),
+            inp.template.is_some(),
+        ];
+        if given.iter().filter(|b| **b).count() != 1 {
+            p.add(
+                ik.clone(),
+                "needs exactly one of pointer, header, query, value or template",
+            );
+            continue;
+        }
         let source = match (inp.pointer, inp.header, inp.value) {
-            (Some(ptr), None, None) => {
-                if !ptr.is_empty() && !ptr.starts_with('/') {
-                    p.add(
-                        format!("{ik}.pointer"),
-                        format!("{ptr:?} is not a JSON pointer (use \"\" or start with '/')"),
-                    );
+            (Some(ptr), None, None) => match Pointer::parse(&ptr) {
+                Ok(ptr) => InputSource::Pointer(ptr),
+                Err(e) => {
+                    p.add(format!("{ik}.pointer"), e);
+                    continue;
                 }
-                InputSource::Pointer(ptr)
-            }
+            },
             (None, Some(h), None) => {
                 if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     p.add(
@@ -246,10 +229,17 @@ pub(super) fn check_route(
                 InputSource::Header(h.to_ascii_lowercase())
             }
             (None, None, Some(v)) => InputSource::Value(v),
-            _ => {
-                p.add(ik.clone(), "needs exactly one of pointer, header or value");
-                continue;
-            }
+            _ => match (inp.query, inp.template) {
+                (Some(q), None) => InputSource::Query(q),
+                (None, Some(t)) => match Template::parse(&t) {
+                    Ok(t) => InputSource::Template(t),
+                    Err(e) => {
+                        p.add(format!("{ik}.template"), e);
+                        continue;
+                    }
+                },
+                _ => continue,
+            },
         };
         inputs.push(InputSettings {
             name: inp.name,
@@ -265,6 +255,35 @@ pub(super) fn check_route(
                 format!("{h:?} is not a header name"),
             );
         }
+    }
+    if raw.dedupe_header.is_some() && raw.dedupe_pointer.is_some() {
+        p.add(
+            format!("{key}.dedupe_pointer"),
+            "give dedupe_header or dedupe_pointer, not both",
+        );
+    }
+    let dedupe_pointer = raw
+        .dedupe_pointer
+        .as_deref()
+        .and_then(|ptr| match Pointer::parse(ptr) {
+            Ok(ptr) => Some(ptr),
+            Err(e) => {
+                p.add(format!("{key}.dedupe_pointer"), e);
+                None
+            }
+        });
+    let limit = RawLimit {
+        rate_per_s: raw.rate_per_s,
+        rate_per_min: raw.rate_per_min,
+        burst: raw.burst,
+        max_in_flight: raw.max_in_flight,
+    }
+    .check(key, &mut |k, m| p.add(k, m));
+    if raw.over_limit.is_some() && limit.rate.is_none() && limit.max_in_flight.is_none() {
+        p.add(
+            format!("{key}.over_limit"),
+            "needs rate_per_s, rate_per_min or max_in_flight",
+        );
     }
     if let Some(t) = raw.run_timeout {
         positive(&format!("{key}.run_timeout"), t, p);
@@ -307,10 +326,53 @@ pub(super) fn check_route(
         provider: raw.provider,
         workflow_id: raw.workflow_id,
         verify: verify?,
+        filter,
+        ignored_status,
         inputs,
         dedupe_header: raw.dedupe_header.map(|h| h.to_ascii_lowercase()),
+        dedupe_pointer,
         dedupe_ttl: raw.dedupe_ttl,
         run_timeout: raw.run_timeout,
         callbacks,
+        limiter: Arc::new(RouteLimiter::new(limit, raw.over_limit.unwrap_or_default())),
     })
+}
+
+/// `verify`: one kind (a table) or a list of kinds, all of which must pass.
+fn check_verify(key: &str, raw: Option<config::Value>, p: &mut Problems) -> Option<VerifySettings> {
+    let vk = format!("{key}.verify");
+    let Some(raw) = raw else {
+        p.add(
+            vk,
+            "missing; say verify = { kind = \"none\" } to accept unauthenticated requests",
+        );
+        return None;
+    };
+    let before = p.0.len();
+    let mut checks = Vec::new();
+    match raw.clone().into_array() {
+        Ok(list) => {
+            if list.is_empty() {
+                p.add(
+                    &vk,
+                    "an empty list; say [{ kind = \"none\" }] to accept anyone",
+                );
+            }
+            if list.len() > MAX_VERIFY_KINDS {
+                p.add(&vk, format!("at most {MAX_VERIFY_KINDS} kinds"));
+            }
+            for (i, item) in list.into_iter().enumerate() {
+                let ik = format!("{vk}[{i}]");
+                if let Some(k) = p.parse::<RawKind>(&ik, Some(item)) {
+                    checks.extend(k.check(&ik, p));
+                }
+            }
+        }
+        Err(_) => {
+            if let Some(k) = p.parse::<RawKind>(&vk, Some(raw)) {
+                checks.extend(k.check(&vk, p));
+            }
+        }
+    }
+    (p.0.len() == before).then(|| VerifySettings::new(checks))
 }

@@ -347,6 +347,7 @@ async fn serve_conn(
     };
     let (max_headers, max_header_size) = hyper_backstops(server);
     let svc = ConnService {
+        peer: stream.peer_addr().ok(),
         router: edge.router.clone(),
         conn: conn.clone(),
         linger: Linger {
@@ -469,6 +470,8 @@ async fn drive<F, E>(
 /// is in flight, wraps the request body for lingering close, and runs the
 /// router.
 struct ConnService {
+    /// The connection's peer, handed to handlers as `ConnectInfo` (an IP allow-list needs it).
+    peer: Option<std::net::SocketAddr>,
     router: Router,
     conn: Arc<Conn>,
     linger: Linger,
@@ -482,7 +485,11 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = InFlight::enter(self.conn.clone());
         let linger = self.linger;
-        let req = req.map(|b| axum::body::Body::new(LingerBody::new(b, linger)));
+        let mut req = req.map(|b| axum::body::Body::new(LingerBody::new(b, linger)));
+        if let Some(peer) = self.peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         let router = self.router.clone();
         Box::pin(async move {
             let resp = match router.oneshot(req).await {

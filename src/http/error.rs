@@ -57,6 +57,7 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         414 => "uri_too_long",
         415 => "unsupported_media_type",
         422 => "unprocessable_entity",
+        429 => "rate_limited",
         431 => "headers_too_large",
         500 => "internal_error",
         503 => "unavailable",
@@ -91,6 +92,7 @@ impl ApiError {
                 IngressError::MissingInput(_) => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "missing_input")
                 }
+                IngressError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
                 IngressError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             },
             ApiError::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -108,6 +110,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let retry_after = match &self {
+            ApiError::Ingress(IngressError::RateLimited(d)) => {
+                Some(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         let message = match code {
             // Backend details go to the log, not to the caller.
             "storage_unavailable" => {
@@ -136,6 +144,12 @@ impl IntoResponse for ApiError {
             if let Ok(v) = "Bearer".parse() {
                 resp.headers_mut()
                     .insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        if let Some(secs) = retry_after {
+            if let Ok(v) = secs.max(1).to_string().parse() {
+                resp.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
             }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -16,15 +16,16 @@ use crate::topology::SharedTopology;
 use admin::AdminState;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use body::{BodyBudget, ReadError};
 use error::ApiError;
 use http_body_util::BodyExt;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct EdgeState {
     pub wake: Arc<Notify>,
     /// The global bound on buffered body bytes.
     pub budget: BodyBudget,
+    /// Counts runs of routes with `max_in_flight`.
+    pub gate: Arc<ingress::inflight::Gate>,
     /// Reloads the configuration (`POST /reload`).
     pub reloader: Arc<crate::reload::Reloader>,
     /// Renders `/metrics`; `None` when no recorder could be installed.
@@ -64,23 +67,55 @@ impl EdgeState {
     }
 }
 
-struct HeaderView<'a>(&'a HeaderMap);
+/// What ingress sees of a request besides its body: headers, the decoded
+/// query and the peer address (set by `conn.rs` as [`ConnectInfo`]).
+struct HeaderView<'a> {
+    headers: &'a HeaderMap,
+    query: Vec<(String, String)>,
+    peer: Option<IpAddr>,
+}
 
 impl Headers for HeaderView<'_> {
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).and_then(|v| v.to_str().ok())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     fn raw(&self, name: &str) -> Option<&[u8]> {
-        self.0.get(name).map(HeaderValue::as_bytes)
+        self.headers.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        // An unreadable line is kept (empty) so a chain reader sees it is
+        // there and trusts nothing left of it.
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect()
+    }
+
+    fn query(&self, name: &str) -> Option<String> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn peer(&self) -> Option<IpAddr> {
+        self.peer
     }
 }
 
 /// What reading and checking a hook request ends in, before the store.
+/// Marks a hook answer whose outcome was already counted (ignored by the
+/// filter, a challenge), so the status code alone does not label it.
+#[derive(Clone, Copy)]
+struct Counted;
+
 enum Checked {
     /// Refused before the body was read (or while reading it).
     Early(IngressError),
-    Ready(Box<ingress::Prepared>),
+    Ready(ingress::Outcome),
 }
 
 /// `POST /hooks/{route}`, counted and with its rejections logged (a route
@@ -89,6 +124,8 @@ enum Checked {
 async fn hook(
     State(st): State<EdgeState>,
     route: Result<Path<String>, PathRejection>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -101,8 +138,14 @@ async fn hook(
             "(unknown)".to_string()
         }
     };
-    let result = checked_hook(&st, &route, &label, headers, body).await;
+    let query = uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    let result = checked_hook(&st, &route, &label, query, peer, headers, body).await;
     match &result {
+        Ok(resp) if resp.extensions().get::<Counted>().is_some() => {}
         Ok(resp) => {
             let outcome = match resp.status() {
                 StatusCode::ACCEPTED => "accepted",
@@ -126,6 +169,8 @@ async fn checked_hook(
     st: &EdgeState,
     route: &str,
     label: &str,
+    query: Vec<(String, String)>,
+    peer: Option<IpAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -138,7 +183,11 @@ async fn checked_hook(
     let settings = &topo.settings;
     let timeout = settings.server.request_timeout;
     let now = Timestamp::now();
-    let view = HeaderView(&headers);
+    let view = HeaderView {
+        headers: &headers,
+        query,
+        peer,
+    };
     let mut held = st.budget.hold();
     let checked = tokio::time::timeout(timeout, async {
         if let Err(e) = ingress::before_body(settings, &route, &view, now) {
@@ -161,9 +210,11 @@ async fn checked_hook(
                 )))
             }
         };
-        ingress::prepare(settings, &route, &view, &bytes, now)
-            .map(|p| Checked::Ready(Box::new(p)))
-            .map_err(ApiError::from)
+        match ingress::prepare(settings, &route, &view, &bytes, now) {
+            Ok(o) => Ok(Checked::Ready(o)),
+            // Refused after the whole body was read: an ordinary answer.
+            Err(e) => Err(ApiError::from(e)),
+        }
     })
     .await;
     let prepared = match checked {
@@ -174,10 +225,25 @@ async fn checked_hook(
             st.rejected(label, e.code(), &e.to_string());
             return Ok(unread_body(e));
         }
-        Ok(Ok(Checked::Ready(p))) => p,
+        Ok(Ok(Checked::Ready(ingress::Outcome::Run(p)))) => p,
+        Ok(Ok(Checked::Ready(ingress::Outcome::Ignored { status, reason }))) => {
+            st.health.edge.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(route = %route, reason = %reason, "request ignored by the route's filter");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            metrics::counter!("runbridge_triggers_total", "route" => label.to_string(), "outcome" => "ignored")
+                .increment(1);
+            let body = Json(json!({ "ignored": true, "reason": reason }));
+            return Ok((status, Extension(Counted), body).into_response());
+        }
+        Ok(Ok(Checked::Ready(ingress::Outcome::Challenge(c)))) => {
+            metrics::counter!("runbridge_triggers_total", "route" => label.to_string(), "outcome" => "challenge")
+                .increment(1);
+            let body = Json(json!({ "challenge": c }));
+            return Ok((StatusCode::OK, Extension(Counted), body).into_response());
+        }
     };
     // No deadline from here on: the write's outcome decides the answer.
-    let accepted = ingress::persist(&*st.store, *prepared).await?;
+    let accepted = ingress::persist(&*st.store, &st.gate, *prepared).await?;
     drop(held);
     let status = if accepted.duplicate {
         StatusCode::OK
@@ -227,6 +293,7 @@ async fn readyz(State(st): State<EdgeState>) -> Response {
             "connections": edge.connections.load(Ordering::Relaxed),
             "body_bytes_buffered": edge.body_bytes.load(Ordering::Relaxed),
             "body_bytes_buffered_peak": edge.body_bytes_peak.load(Ordering::Relaxed),
+            "ignored_by_filters": edge.ignored.load(Ordering::Relaxed),
             "body_limit": topo.settings.server.body_limit,
         },
     });

@@ -1,17 +1,28 @@
-//! Inbound webhooks: verify the sender, check and parse the body, map it to
-//! workflow inputs, persist the run. Nothing here knows HTTP types: the
-//! handler hands over headers through [`Headers`] and the raw body bytes.
+//! Inbound webhooks: verify the sender, check and parse the body, filter,
+//! map it to workflow inputs, limit, persist the run. Nothing here knows
+//! HTTP types: the handler hands over headers, query and peer address
+//! through [`Headers`] and the raw body bytes.
 
+pub mod body;
+pub mod filter;
+pub mod inflight;
+pub mod limit;
 pub mod map;
 pub mod verify;
 
-use crate::config::{RouteSettings, Settings, VerifySettings};
+use crate::config::{RouteSettings, Settings};
 use crate::run::{Run, RunId, RunSpec};
 use crate::store::{Created, DedupeKey, Store, StoreError};
 use crate::time::Timestamp;
-use verify::Kind;
+use limit::Admit;
+use map::RequestScope;
+use serde_json::Value;
+use std::net::IpAddr;
+use std::time::Duration;
+use verify::DedupeSource;
 
-/// Read access to request headers (names are lowercase).
+/// Read access to what a request carries besides its body: headers (names
+/// are lowercase), query parameters and the connection's peer address.
 pub trait Headers {
     /// The value of a header, if present and valid UTF-8.
     fn get(&self, name: &str) -> Option<&str>;
@@ -20,23 +31,46 @@ pub trait Headers {
     fn raw(&self, name: &str) -> Option<&[u8]> {
         self.get(name).map(str::as_bytes)
     }
+    /// Every value of a repeated header, in order (a proxy may add its own
+    /// `X-Forwarded-For` line instead of appending to the sender's).
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.get(name).into_iter().collect()
+    }
+    /// The (percent-decoded) value of a query parameter, if present.
+    fn query(&self, _name: &str) -> Option<String> {
+        None
+    }
+    /// The address of the connection's peer (a proxy, or the sender itself).
+    fn peer(&self) -> Option<IpAddr> {
+        None
+    }
 }
 
 /// Why a webhook was refused. Each maps to one HTTP status in `error.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
+    /// 404: no such route.
     #[error("no route named {0:?}")]
     RouteNotFound(String),
+    /// 401: verification failed (the message names what, never a secret).
     #[error("{0}")]
     Unauthorized(String),
+    /// 413: the body is over `server.body_limit`.
     #[error("body is larger than the {0}-byte limit")]
     PayloadTooLarge(usize),
-    #[error("content type {0:?} is not supported; send application/json")]
+    /// 415: neither JSON nor a URL-encoded form.
+    #[error("content type {0:?} is not supported; send application/json or application/x-www-form-urlencoded")]
     UnsupportedMediaType(String),
+    /// 400: the body (or a form's `payload` field) is not JSON.
     #[error("body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// 422: a required input found no value.
     #[error("{0}")]
     MissingInput(String),
+    /// 429: over the route's rate or `max_in_flight`; retry after this long.
+    #[error("the route's limit is reached; retry after {} s", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    /// 503: the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -44,19 +78,34 @@ pub enum IngressError {
 /// A persisted (or deduplicated) trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
+    /// The new run, or the duplicate's original.
     pub run_id: RunId,
     /// The delivery id was seen before; no new run was created.
     pub duplicate: bool,
 }
 
-/// The header carrying a route's delivery id: configured, or the sender's
-/// own for signature kinds that define one.
-pub fn dedupe_header(route: &RouteSettings) -> Option<&str> {
-    route.dedupe_header.as_deref().or(match route.verify {
-        VerifySettings::Github { .. } => Some("x-github-delivery"),
-        VerifySettings::StandardWebhooks { .. } => Some("webhook-id"),
-        _ => None,
-    })
+/// Where a route's delivery id comes from: configured (`dedupe_header`,
+/// `dedupe_pointer`), or the sender's own for kinds that define one.
+pub fn dedupe_source(route: &RouteSettings) -> Option<DedupeSource> {
+    if let Some(h) = &route.dedupe_header {
+        return Some(DedupeSource::Header(h.clone()));
+    }
+    if let Some(p) = &route.dedupe_pointer {
+        return Some(DedupeSource::Pointer(p.clone()));
+    }
+    route.verify.dedupe()
+}
+
+fn delivery_id(route: &RouteSettings, req: &dyn Headers, payload: &Value) -> Option<String> {
+    let id = match dedupe_source(route)? {
+        DedupeSource::Header(h) => req.get(&h)?.trim().to_string(),
+        DedupeSource::Pointer(p) => match p.find(payload)? {
+            Value::String(s) => s.trim().to_string(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        },
+    };
+    (!id.is_empty()).then_some(id)
 }
 
 /// The checks that need no body, run before any body byte is read: the
@@ -74,7 +123,7 @@ pub fn before_body<'a>(
         .ok_or_else(|| IngressError::RouteNotFound(route_name.to_string()))?;
     route.verify.before_body(headers, now)?;
     if route.verify.complete_before_body() {
-        check_content_type(headers.raw("content-type"))?;
+        body::format(headers.raw("content-type"))?;
     }
     Ok(route)
 }
@@ -84,40 +133,78 @@ pub fn before_body<'a>(
 pub struct Prepared {
     run: Run,
     dedupe: Option<DedupeKey>,
+    /// The route's `max_in_flight` and what happens over it.
+    in_flight: Option<(usize, limit::OverLimit)>,
 }
 
-/// Verifies the body, checks and parses it, maps the inputs and builds the
-/// run; persists nothing (so it may be cut off at any point).
+/// What a verified request comes to, before the store.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A run to persist.
+    Run(Box<Prepared>),
+    /// The route's filter ignored it: answer `status` with the reason; nothing starts.
+    Ignored {
+        /// The configured answer status (2xx).
+        status: u16,
+        /// Which rule failed.
+        reason: String,
+    },
+    /// Slack's `url_verification`: answer 200 with the challenge; nothing starts.
+    Challenge(String),
+}
+
+/// Verifies the body, checks and parses it, filters, maps the inputs,
+/// applies the route's limit and builds the run; persists nothing (so it
+/// may be cut off at any point).
 pub fn prepare(
     settings: &Settings,
     route_name: &str,
     headers: &dyn Headers,
     body: &[u8],
     now: Timestamp,
-) -> Result<Prepared, IngressError> {
+) -> Result<Outcome, IngressError> {
     let route = settings
         .routes
         .get(route_name)
         .ok_or_else(|| IngressError::RouteNotFound(route_name.to_string()))?;
     route.verify.with_body(headers, body, now)?;
-    check_content_type(headers.raw("content-type"))?;
-    let payload: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| IngressError::InvalidJson(e.to_string()))?;
+    let format = body::format(headers.raw("content-type"))?;
+    let payload = body::parse(format, body)?;
+    if route.verify.has_slack()
+        && payload.get("type").and_then(Value::as_str) == Some("url_verification")
+    {
+        if let Some(c) = payload.get("challenge").and_then(Value::as_str) {
+            return Ok(Outcome::Challenge(c.to_string()));
+        }
+    }
+    let scope = RequestScope {
+        payload: &payload,
+        req: headers,
+    };
+    if let Some(rule) = &route.filter {
+        if let Err(reason) = rule.check(&scope) {
+            return Ok(Outcome::Ignored {
+                status: route.ignored_status,
+                reason,
+            });
+        }
+    }
     let inputs =
         map::inputs(&route.inputs, &payload, headers).map_err(IngressError::MissingInput)?;
+    let start_at = match route.limiter.admit() {
+        Admit::Now => now,
+        Admit::Later(d) => now.plus(d),
+        Admit::Refuse(d) => return Err(IngressError::RateLimited(d)),
+    };
 
-    let delivery_id = dedupe_header(route)
-        .and_then(|h| headers.get(h))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(str::to_string);
+    let delivery_id = delivery_id(route, headers, &payload);
     let dedupe = delivery_id.as_ref().map(|id| DedupeKey {
         route: route_name.to_string(),
         delivery_id: id.clone(),
         expires_at: now.plus(route.dedupe_ttl),
     });
     let id = RunId::new();
-    let deadline = now.plus(settings.run_timeout(route));
+    let deadline = start_at.plus(settings.run_timeout(route));
     let spec = RunSpec {
         route: route_name.to_string(),
         provider: route.provider.clone(),
@@ -125,80 +212,51 @@ pub fn prepare(
         inputs,
         delivery_id,
     };
-    Ok(Prepared {
-        run: Run::accepted(id, spec, now, deadline),
+    let mut run = Run::accepted(id, spec, now, deadline);
+    // A queued run stays `accepted` and comes due at its turn in the rate.
+    run.due_at = Some(start_at);
+    let in_flight = route
+        .limiter
+        .max_in_flight()
+        .map(|m| (m, route.limiter.mode()));
+    Ok(Outcome::Run(Box::new(Prepared {
+        run,
         dedupe,
-    })
+        in_flight,
+    })))
 }
 
-/// Durably persists a prepared run (or finds the duplicate's original).
-/// Returns only once the outcome is durable; callers must await it to the
-/// end, never cut it off, so that an answer always matches the store.
-pub async fn persist(store: &dyn Store, prepared: Prepared) -> Result<Accepted, IngressError> {
+/// Durably persists a prepared run (or finds the duplicate's original),
+/// after the route's `max_in_flight` admits it (429 otherwise, nothing
+/// persisted). Returns only once the outcome is durable; callers must await
+/// it to the end, never cut it off, so that an answer always matches the store.
+pub async fn persist(
+    store: &dyn Store,
+    gate: &inflight::Gate,
+    prepared: Prepared,
+) -> Result<Accepted, IngressError> {
     let id = prepared.run.id;
-    match store.create_run(&prepared.run, prepared.dedupe).await? {
-        Created::New => Ok(Accepted {
+    if let Some((max, mode)) = prepared.in_flight {
+        if !gate.admit(&prepared.run.route, id, max, mode) {
+            return Err(IngressError::RateLimited(Duration::from_secs(1)));
+        }
+    }
+    let created = store.create_run(&prepared.run, prepared.dedupe).await;
+    match created {
+        Ok(Created::New) => Ok(Accepted {
             run_id: id,
             duplicate: false,
         }),
-        Created::Duplicate(existing) => Ok(Accepted {
-            run_id: existing,
-            duplicate: true,
-        }),
-    }
-}
-
-/// Verifies, parses, maps and durably persists one webhook. Returns only
-/// once the run (or the duplicate's original) is durable.
-pub async fn accept(
-    settings: &Settings,
-    store: &dyn Store,
-    route_name: &str,
-    headers: &impl Headers,
-    body: &[u8],
-    now: Timestamp,
-) -> Result<Accepted, IngressError> {
-    before_body(settings, route_name, headers, now)?;
-    let prepared = prepare(settings, route_name, headers, body, now)?;
-    persist(store, prepared).await
-}
-
-/// JSON (`application/json`, `application/*+json`) or no content type at
-/// all. A present but unparseable one (not UTF-8, not a MIME type) is refused.
-fn check_content_type(ct: Option<&[u8]>) -> Result<(), IngressError> {
-    let Some(raw) = ct else { return Ok(()) };
-    let Ok(text) = std::str::from_utf8(raw) else {
-        return Err(IngressError::UnsupportedMediaType(
-            String::from_utf8_lossy(raw).into_owned(),
-        ));
-    };
-    let refuse = || IngressError::UnsupportedMediaType(text.to_string());
-    let m: mime::Mime = text.trim().parse().map_err(|_| refuse())?;
-    let json = m.type_() == mime::APPLICATION
-        && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON));
-    if json {
-        Ok(())
-    } else {
-        Err(refuse())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_types() {
-        let ct = |s: &str| check_content_type(Some(s.as_bytes()));
-        assert!(check_content_type(None).is_ok());
-        assert!(ct("application/json; charset=utf-8").is_ok());
-        assert!(ct("Application/JSON").is_ok());
-        assert!(ct("application/cloudevents+json").is_ok());
-        assert!(ct("application/x-www-form-urlencoded").is_err());
-        assert!(ct("text/plain").is_err());
-        assert!(ct("").is_err(), "empty is not a MIME type");
-        assert!(ct("json").is_err(), "no subtype");
-        assert!(ct("application/json;;;=").is_err());
-        assert!(check_content_type(Some(b"application/json\xff")).is_err());
+        Ok(Created::Duplicate(existing)) => {
+            gate.cancel(id);
+            Ok(Accepted {
+                run_id: existing,
+                duplicate: true,
+            })
+        }
+        Err(e) => {
+            gate.cancel(id);
+            Err(e.into())
+        }
     }
 }

@@ -1,0 +1,80 @@
+//! `kind = "github"`: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
+
+use super::{any_ct_eq, deny, exposed, need, secrets, DedupeSource, Kind};
+use crate::config::{Problems, RawSecret};
+use crate::ingress::{Headers, IngressError};
+use crate::secret::Secret;
+use crate::signing::hmac_sha256;
+use crate::time::Timestamp;
+use serde::Deserialize;
+
+/// As written: `secret` or `secrets`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    secret: Option<RawSecret>,
+    #[serde(default)]
+    secrets: Vec<RawSecret>,
+}
+
+impl Raw {
+    pub(crate) fn check(self, key: &str, p: &mut Problems) -> Option<Github> {
+        secrets(
+            key,
+            self.secret.as_ref(),
+            &self.secrets,
+            ("secret", "secrets"),
+            p,
+        )
+        .map(|secrets| Github { secrets })
+    }
+}
+
+/// GitHub's webhook signature, with every configured secret accepted.
+#[derive(Debug, Clone)]
+pub struct Github {
+    /// The webhook secrets (old and new while rotating).
+    pub secrets: Vec<Secret>,
+}
+
+impl Kind for Github {
+    fn before_body(&self, _req: &dyn Headers, _now: Timestamp) -> Result<(), IngressError> {
+        Ok(())
+    }
+
+    fn with_body(
+        &self,
+        req: &dyn Headers,
+        body: &[u8],
+        _now: Timestamp,
+    ) -> Result<(), IngressError> {
+        let sig = need(req, "x-hub-signature-256", "X-Hub-Signature-256")?;
+        let given = sig
+            .trim()
+            .strip_prefix("sha256=")
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| deny("X-Hub-Signature-256 is not sha256=<hex>"))?;
+        let macs: Vec<[u8; 32]> = self
+            .secrets
+            .iter()
+            .map(|s| hmac_sha256(s.expose().as_bytes(), &[body]))
+            .collect();
+        if any_ct_eq(&given, macs.iter().map(|m| &m[..])) {
+            Ok(())
+        } else {
+            Err(deny("X-Hub-Signature-256 does not match the body"))
+        }
+    }
+
+    fn header_only(&self) -> bool {
+        false
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        exposed(&self.secrets)
+    }
+
+    fn dedupe(&self) -> Option<DedupeSource> {
+        Some(DedupeSource::Header("x-github-delivery".into()))
+    }
+}

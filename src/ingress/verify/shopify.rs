@@ -1,0 +1,80 @@
+//! `kind = "shopify"`: `X-Shopify-Hmac-SHA256: <base64 HMAC-SHA256 of the body>`.
+
+use super::{any_ct_eq, deny, exposed, need, secrets, DedupeSource, Kind};
+use crate::config::{Problems, RawSecret};
+use crate::ingress::{Headers, IngressError};
+use crate::secret::Secret;
+use crate::signing::hmac_sha256;
+use crate::time::Timestamp;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::Deserialize;
+
+/// As written: `secret` or `secrets` (the app's client secret).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    secret: Option<RawSecret>,
+    #[serde(default)]
+    secrets: Vec<RawSecret>,
+}
+
+impl Raw {
+    pub(crate) fn check(self, key: &str, p: &mut Problems) -> Option<Shopify> {
+        secrets(
+            key,
+            self.secret.as_ref(),
+            &self.secrets,
+            ("secret", "secrets"),
+            p,
+        )
+        .map(|secrets| Shopify { secrets })
+    }
+}
+
+/// Shopify's webhook signature (no timestamp: Shopify signs the body only).
+#[derive(Debug, Clone)]
+pub struct Shopify {
+    /// The client secrets (old and new while rotating).
+    pub secrets: Vec<Secret>,
+}
+
+impl Kind for Shopify {
+    fn before_body(&self, _req: &dyn Headers, _now: Timestamp) -> Result<(), IngressError> {
+        Ok(())
+    }
+
+    fn with_body(
+        &self,
+        req: &dyn Headers,
+        body: &[u8],
+        _now: Timestamp,
+    ) -> Result<(), IngressError> {
+        let sig = need(req, "x-shopify-hmac-sha256", "X-Shopify-Hmac-SHA256")?;
+        let given = B64
+            .decode(sig.trim())
+            .map_err(|_| deny("X-Shopify-Hmac-SHA256 is not base64"))?;
+        let macs: Vec<[u8; 32]> = self
+            .secrets
+            .iter()
+            .map(|s| hmac_sha256(s.expose().as_bytes(), &[body]))
+            .collect();
+        if any_ct_eq(&given, macs.iter().map(|m| &m[..])) {
+            Ok(())
+        } else {
+            Err(deny("X-Shopify-Hmac-SHA256 does not match the body"))
+        }
+    }
+
+    fn header_only(&self) -> bool {
+        false
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        exposed(&self.secrets)
+    }
+
+    fn dedupe(&self) -> Option<DedupeSource> {
+        Some(DedupeSource::Header("x-shopify-webhook-id".into()))
+    }
+}

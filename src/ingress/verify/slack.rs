@@ -1,0 +1,99 @@
+//! `kind = "slack"`: `X-Slack-Signature: v0=<hex>` over `"v0:{ts}:{body}"`,
+//! with `X-Slack-Request-Timestamp` inside the tolerance.
+
+use super::{any_ct_eq, deny, exposed, need, secrets, DedupeSource, Kind, Tolerance};
+use crate::config::{Problems, RawSecret};
+use crate::ingress::{Headers, IngressError};
+use crate::secret::Secret;
+use crate::signing::hmac_sha256;
+use crate::template::Pointer;
+use crate::time::Timestamp;
+use serde::Deserialize;
+
+/// As written: `secret` or `secrets` (the signing secret), `tolerance`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    secret: Option<RawSecret>,
+    #[serde(default)]
+    secrets: Vec<RawSecret>,
+    #[serde(default)]
+    tolerance: Tolerance,
+}
+
+impl Raw {
+    pub(crate) fn check(self, key: &str, p: &mut Problems) -> Option<Slack> {
+        self.tolerance.check(key, p);
+        secrets(
+            key,
+            self.secret.as_ref(),
+            &self.secrets,
+            ("secret", "secrets"),
+            p,
+        )
+        .map(|secrets| Slack {
+            secrets,
+            tolerance: self.tolerance,
+        })
+    }
+}
+
+/// Slack's request signature (Events API, slash commands, interactivity).
+#[derive(Debug, Clone)]
+pub struct Slack {
+    /// The signing secrets (old and new while rotating).
+    pub secrets: Vec<Secret>,
+    /// The replay window around the request timestamp.
+    pub tolerance: Tolerance,
+}
+
+impl Kind for Slack {
+    fn before_body(&self, _req: &dyn Headers, _now: Timestamp) -> Result<(), IngressError> {
+        Ok(())
+    }
+
+    fn with_body(
+        &self,
+        req: &dyn Headers,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<(), IngressError> {
+        let ts = need(
+            req,
+            "x-slack-request-timestamp",
+            "X-Slack-Request-Timestamp",
+        )?;
+        let sig = need(req, "x-slack-signature", "X-Slack-Signature")?;
+        let ts = self
+            .tolerance
+            .check_ts(ts, now, "X-Slack-Request-Timestamp")?
+            .to_string();
+        let given = sig
+            .trim()
+            .strip_prefix("v0=")
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| deny("X-Slack-Signature is not v0=<hex>"))?;
+        let macs: Vec<[u8; 32]> = self
+            .secrets
+            .iter()
+            .map(|s| hmac_sha256(s.expose().as_bytes(), &[b"v0:", ts.as_bytes(), b":", body]))
+            .collect();
+        if any_ct_eq(&given, macs.iter().map(|m| &m[..])) {
+            Ok(())
+        } else {
+            Err(deny("X-Slack-Signature does not match the body"))
+        }
+    }
+
+    fn header_only(&self) -> bool {
+        false
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        exposed(&self.secrets)
+    }
+
+    fn dedupe(&self) -> Option<DedupeSource> {
+        Some(DedupeSource::Pointer(Pointer::parse("/event_id").ok()?))
+    }
+}
