@@ -165,6 +165,96 @@ pub struct Observation {
     pub raw_status: Option<String>,
     pub output: Option<Value>,
     pub error: Option<Value>,
+    /// The vendor status is not in the provider's mapping (counted as
+    /// `running`; logged once per run).
+    pub unknown: bool,
+}
+
+impl Observation {
+    /// A locally decided outcome (no vendor answer behind it).
+    pub fn local(status: RunStatus, raw_status: Option<String>, error: Option<Value>) -> Self {
+        Observation {
+            status,
+            raw_status,
+            output: None,
+            error,
+            unknown: false,
+        }
+    }
+}
+
+/// The event types a callback receives when it does not say.
+pub const DEFAULT_EVENTS: [&str; 4] = [
+    "run.succeeded",
+    "run.failed",
+    "run.canceled",
+    "run.timed_out",
+];
+
+/// Every event type a callback may subscribe to.
+pub const EVENT_TYPES: [&str; 5] = [
+    "run.waiting",
+    "run.succeeded",
+    "run.failed",
+    "run.canceled",
+    "run.timed_out",
+];
+
+/// A callback URL and the event types it receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub url: String,
+    pub events: Vec<String>,
+}
+
+/// One event of a run, with its own id (its `webhook-id`, the same on
+/// every retry of that event), so receivers deduplicating on it keep both
+/// a `run.waiting` and the later `run.succeeded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: Timestamp,
+    pub status: RunStatus,
+    pub raw_status: Option<String>,
+}
+
+/// Where a cancel request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelPhase {
+    /// Persisted, the vendor not yet asked (a restart asks it).
+    Requested,
+    /// The vendor accepted; polling until the run shows it.
+    Pending,
+    /// The vendor refused; the run goes on.
+    Refused,
+    /// The run ended canceled.
+    Done,
+}
+
+/// An operator's cancel request and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    pub requested_at: Timestamp,
+    pub phase: CancelPhase,
+    /// The vendor's reason for refusing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Value>,
+    /// Canceled only on our side: the vendor has no cancel, so its run may
+    /// still be going.
+    #[serde(default)]
+    pub local_only: bool,
+}
+
+/// A transition the run's current phase does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {id}: cannot {what} in phase {phase:?}")]
+pub struct IllegalTransition {
+    pub id: RunId,
+    pub phase: Phase,
+    pub what: &'static str,
 }
 
 /// State of one callback delivery.
@@ -196,6 +286,10 @@ pub struct Delivery {
     pub state: DeliveryState,
     pub attempts: Vec<Attempt>,
     pub next_attempt_at: Option<Timestamp>,
+    /// The event this delivery carries; `None` in records written before
+    /// events had ids: the run's terminal event under `msg_<run id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 impl Delivery {
@@ -277,6 +371,28 @@ pub struct Run {
     pub deliveries: Vec<Delivery>,
     /// When the scheduler must next act on this run; `None` once done.
     pub due_at: Option<Timestamp>,
+    /// When the first start attempt was recorded (reconciliation looks for
+    /// vendor runs created since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_began_at: Option<Timestamp>,
+    /// A start attempt may have created a vendor run we do not know of (a
+    /// crash or a lost answer); a non-idempotent provider reconciles first.
+    #[serde(default)]
+    pub start_unsure: bool,
+    /// When the current waiting spell began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Timestamp>,
+    /// An unknown vendor status was logged for this run already.
+    #[serde(default)]
+    pub unknown_status_logged: bool,
+    /// The next status check while tracking (deliveries of `run.waiting`
+    /// may be due earlier); `None` in older records: `due_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<CancelRequest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventRecord>,
 }
 
 impl Run {
@@ -307,18 +423,61 @@ impl Run {
             history: Vec::new(),
             deliveries: Vec::new(),
             due_at: Some(now),
+            start_began_at: None,
+            start_unsure: false,
+            waiting_since: None,
+            unknown_status_logged: false,
+            poll_at: None,
+            cancel: None,
+            events: Vec::new(),
         }
     }
 
     /// Accepted/Starting -> Starting: a start call is about to be made. If we
     /// crash during it, the run is due again at `retry_at` and the start is
     /// repeated with the same idempotency key.
-    pub fn begin_start(&mut self, now: Timestamp, retry_at: Timestamp) {
-        debug_assert!(matches!(self.phase, Phase::Accepted | Phase::Starting));
+    pub fn begin_start(
+        &mut self,
+        now: Timestamp,
+        retry_at: Timestamp,
+    ) -> Result<(), IllegalTransition> {
+        self.expect(&[Phase::Accepted, Phase::Starting], "begin a start")?;
         self.phase = Phase::Starting;
         self.status = RunStatus::Starting;
         self.start_attempts += 1;
+        self.start_began_at.get_or_insert(now);
+        self.start_unsure = true;
         self.touch(now, Some(retry_at));
+        Ok(())
+    }
+
+    /// Starting: the last start attempt certainly created nothing (the
+    /// vendor answered with a refusal or a busy/limit answer).
+    pub fn start_not_created(&mut self) {
+        self.start_unsure = false;
+    }
+
+    /// Starting -> Tracking: a reconciliation found our vendor run.
+    pub fn adopted(
+        &mut self,
+        now: Timestamp,
+        vendor_run_id: String,
+        next_poll: Timestamp,
+    ) -> Result<(), IllegalTransition> {
+        let obs = Observation::local(RunStatus::Queued, None, None);
+        self.started(now, vendor_run_id, obs, next_poll)
+    }
+
+    fn expect(&self, phases: &[Phase], what: &'static str) -> Result<(), IllegalTransition> {
+        if phases.contains(&self.phase) {
+            Ok(())
+        } else {
+            Err(IllegalTransition {
+                id: self.id,
+                phase: self.phase,
+                what,
+            })
+        }
     }
 
     /// Starting -> Tracking: the vendor accepted the run.
@@ -328,14 +487,17 @@ impl Run {
         vendor_run_id: String,
         obs: Observation,
         next_poll: Timestamp,
-    ) {
+    ) -> Result<(), IllegalTransition> {
+        self.expect(&[Phase::Starting], "record a started vendor run")?;
         self.phase = Phase::Tracking;
         self.vendor_run_id = Some(vendor_run_id);
         self.started_at = Some(now);
+        self.start_unsure = false;
         self.failures = 0;
         self.last_error = None;
-        self.touch(now, Some(next_poll.min(self.deadline)));
         self.observe_status(now, &obs);
+        self.plan(now, Some(next_poll.min(self.deadline)));
+        Ok(())
     }
 
     /// Tracking: a poll answered. Terminal observations end the run.
@@ -344,61 +506,326 @@ impl Run {
         now: Timestamp,
         obs: Observation,
         next_poll: Timestamp,
-        callbacks: &[String],
-    ) {
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
+        self.expect(&[Phase::Tracking], "record a status")?;
         self.polls += 1;
         self.failures = 0;
         self.last_error = None;
         if obs.status.is_terminal() {
-            self.finish(now, obs, callbacks);
-        } else {
-            self.observe_status(now, &obs);
-            self.touch(now, Some(next_poll.min(self.deadline)));
+            return self.finish(now, obs, targets);
         }
+        let was_waiting = self.status == RunStatus::Waiting;
+        self.observe_status(now, &obs);
+        if obs.status == RunStatus::Waiting && !was_waiting {
+            self.waiting_since = Some(now);
+            self.add_event(now, "run.waiting", targets);
+        } else if obs.status != RunStatus::Waiting {
+            self.waiting_since = None;
+        }
+        self.plan(now, Some(next_poll.min(self.deadline)));
+        Ok(())
+    }
+
+    /// The next time a poll of a tracked run is due.
+    pub fn next_poll_at(&self) -> Option<Timestamp> {
+        self.poll_at.or(self.due_at)
+    }
+
+    /// Tracking: the due time is the earlier of the next poll and the next
+    /// pending delivery (a `run.waiting` event).
+    fn plan(&mut self, now: Timestamp, poll: Option<Timestamp>) {
+        self.poll_at = poll;
+        let next_delivery = self
+            .deliveries
+            .iter()
+            .filter(|d| d.state == DeliveryState::Pending)
+            .filter_map(|d| d.next_attempt_at)
+            .min();
+        let due = match (poll, next_delivery) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.touch(now, due);
+    }
+
+    /// Records an event and a delivery for every target subscribed to it.
+    fn add_event(&mut self, now: Timestamp, kind: &str, targets: &[Target]) {
+        let subscribed: Vec<&Target> = targets
+            .iter()
+            .filter(|t| t.events.iter().any(|e| e == kind))
+            .collect();
+        if subscribed.is_empty() {
+            return;
+        }
+        let id = format!("{}_{}", self.id.webhook_id(), self.events.len() + 1);
+        self.events.push(EventRecord {
+            id: id.clone(),
+            kind: kind.to_string(),
+            at: now,
+            status: self.status,
+            raw_status: self.raw_status.clone(),
+        });
+        for t in subscribed {
+            self.deliveries.push(Delivery {
+                url: t.url.clone(),
+                webhook_id: id.clone(),
+                state: DeliveryState::Pending,
+                attempts: Vec::new(),
+                next_attempt_at: Some(now),
+                event_id: Some(id.clone()),
+            });
+        }
+    }
+
+    /// The event a delivery carries, or `None` for the run's terminal event.
+    pub fn event_of(&self, d: &Delivery) -> Option<&EventRecord> {
+        let id = d.event_id.as_ref()?;
+        self.events.iter().find(|e| &e.id == id)
+    }
+
+    /// Tracking: deliveries of non-terminal events were attempted; plans
+    /// the next step.
+    pub fn replan(&mut self, now: Timestamp) {
+        if self.phase == Phase::Tracking {
+            let poll = self.next_poll_at();
+            self.plan(now, poll);
+        } else {
+            self.settle_deliveries(now);
+        }
+    }
+
+    /// Records a cancel request. Refused for a run that already ended.
+    pub fn request_cancel(&mut self, now: Timestamp) -> Result<(), IllegalTransition> {
+        self.expect(
+            &[Phase::Accepted, Phase::Starting, Phase::Tracking],
+            "cancel",
+        )?;
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| matches!(c.phase, CancelPhase::Requested | CancelPhase::Pending))
+        {
+            return Ok(());
+        }
+        self.cancel = Some(CancelRequest {
+            requested_at: now,
+            phase: CancelPhase::Requested,
+            reason: None,
+            local_only: false,
+        });
+        self.touch(now, Some(now));
+        if self.phase == Phase::Tracking {
+            self.poll_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// A cancel request arrived while a step held the run: act on it now.
+    pub fn reconsider(&mut self, now: Timestamp) {
+        match self.phase {
+            Phase::Tracking => self.plan(now, Some(now)),
+            Phase::Accepted | Phase::Starting => self.touch(now, Some(now)),
+            Phase::Terminal | Phase::Done => {}
+        }
+    }
+
+    /// Whether a cancel waits for the vendor to be asked.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.phase == CancelPhase::Requested)
+    }
+
+    /// The vendor accepted the cancel; keep polling until it shows.
+    pub fn cancel_pending(&mut self, now: Timestamp, next_poll: Timestamp) {
+        if let Some(c) = &mut self.cancel {
+            c.phase = CancelPhase::Pending;
+        }
+        self.plan(now, Some(next_poll.min(self.deadline)));
+    }
+
+    /// The vendor refused the cancel (or the run had ended); the run goes on.
+    pub fn cancel_refused(&mut self, now: Timestamp, reason: Value, next_poll: Timestamp) {
+        if let Some(c) = &mut self.cancel {
+            c.phase = CancelPhase::Refused;
+            c.reason = Some(reason);
+        }
+        self.plan(now, Some(next_poll.min(self.deadline)));
+    }
+
+    /// Ends the run canceled. `local_only`: the vendor has no cancel (or the
+    /// run never reached it), so the record and callback say the vendor run
+    /// may still be going.
+    pub fn canceled(
+        &mut self,
+        now: Timestamp,
+        obs: Option<Observation>,
+        local_only: bool,
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
+        let vendor_started = self.vendor_run_id.is_some();
+        let error = local_only.then(|| {
+            serde_json::json!({
+                "code": "CANCELED_LOCALLY",
+                "message": if vendor_started {
+                    "canceled by runbridge only: the provider has no cancel, so the vendor run may still be going"
+                } else {
+                    "canceled before the vendor run was started"
+                },
+            })
+        });
+        let obs = obs.unwrap_or_else(|| {
+            Observation::local(RunStatus::Canceled, self.raw_status.clone(), error.clone())
+        });
+        if let Some(c) = &mut self.cancel {
+            c.phase = CancelPhase::Done;
+            c.local_only = local_only && vendor_started;
+        }
+        let obs = Observation {
+            error: obs.error.or(error),
+            status: RunStatus::Canceled,
+            ..obs
+        };
+        self.finish(now, obs, targets)
+    }
+
+    /// The vendor refused to start the run: it ends `failed` with the
+    /// vendor's answer.
+    pub fn start_rejected(
+        &mut self,
+        now: Timestamp,
+        detail: &str,
+        body: Value,
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
+        let error = serde_json::json!({
+            "code": "START_REJECTED",
+            "message": format!("the provider refused to start the run: {detail}"),
+            "vendor_error": body,
+        });
+        self.finish(
+            now,
+            Observation::local(RunStatus::Failed, None, Some(error)),
+            targets,
+        )
+    }
+
+    /// An interrupted start could not be reconciled: several vendor runs
+    /// could be ours (or the listing could not tell), so none is adopted.
+    pub fn start_uncertain(
+        &mut self,
+        now: Timestamp,
+        candidates: Vec<String>,
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
+        let error = serde_json::json!({
+            "code": "start_uncertain",
+            "message": "an interrupted start may have created a vendor run, and runbridge cannot tell which (if any) is ours; none was adopted and none started",
+            "candidates": candidates,
+        });
+        self.finish(
+            now,
+            Observation::local(RunStatus::Failed, None, Some(error)),
+            targets,
+        )
+    }
+
+    /// The vendor no longer knows the tracked run.
+    pub fn vendor_run_not_found(
+        &mut self,
+        now: Timestamp,
+        detail: &str,
+        body: Value,
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
+        let error = serde_json::json!({
+            "code": "VENDOR_RUN_NOT_FOUND",
+            "message": format!("the provider no longer knows this run: {detail}"),
+            "vendor_error": body,
+        });
+        let raw = self.raw_status.clone();
+        self.finish(
+            now,
+            Observation::local(RunStatus::Failed, raw, Some(error)),
+            targets,
+        )
+    }
+
+    /// Ends the run `timed_out` when it waited for a person longer than `limit`.
+    pub fn waiting_timed_out(
+        &mut self,
+        now: Timestamp,
+        limit: std::time::Duration,
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
+        let error = serde_json::json!({
+            "code": "WAITING_TIMED_OUT",
+            "message": format!("run waited for a person longer than {}", humantime::format_duration(limit)),
+        });
+        let raw = self.raw_status.clone();
+        self.finish(
+            now,
+            Observation::local(RunStatus::TimedOut, raw, Some(error)),
+            targets,
+        )
     }
 
     /// A provider call failed transiently; try again at `retry_at`.
     pub fn failed_call(&mut self, now: Timestamp, error: String, retry_at: Timestamp) {
         self.failures += 1;
         self.last_error = Some(error);
-        self.touch(now, Some(retry_at.min(self.deadline)));
+        let at = retry_at.min(self.deadline);
+        if self.phase == Phase::Tracking {
+            self.plan(now, Some(at));
+        } else {
+            self.touch(now, Some(at));
+        }
     }
 
     /// Any phase before terminal -> Terminal, with deliveries created for
     /// every callback URL (or Done when there are none).
-    pub fn finish(&mut self, now: Timestamp, obs: Observation, callbacks: &[String]) {
+    pub fn finish(
+        &mut self,
+        now: Timestamp,
+        obs: Observation,
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
+        self.expect(
+            &[Phase::Accepted, Phase::Starting, Phase::Tracking],
+            "finish",
+        )?;
         self.observe_status(now, &obs);
         self.output = obs.output;
         self.error = obs.error;
         self.finished_at = Some(now);
         self.phase = Phase::Terminal;
-        self.deliveries = callbacks
-            .iter()
-            .map(|url| Delivery {
-                url: url.clone(),
-                webhook_id: self.id.webhook_id(),
-                state: DeliveryState::Pending,
-                attempts: Vec::new(),
-                next_attempt_at: Some(now),
-            })
-            .collect();
+        self.poll_at = None;
+        self.waiting_since = None;
+        if let Some(c) = &mut self.cancel {
+            if obs.status == RunStatus::Canceled {
+                c.phase = CancelPhase::Done;
+            }
+        }
+        self.add_event(now, obs.status.event_type(), targets);
         self.touch(now, Some(now));
         self.settle_deliveries(now);
+        Ok(())
     }
 
     /// Ends the run as `timed_out` because its deadline passed.
-    pub fn time_out(&mut self, now: Timestamp, limit: std::time::Duration, callbacks: &[String]) {
+    pub fn time_out(
+        &mut self,
+        now: Timestamp,
+        limit: std::time::Duration,
+        targets: &[Target],
+    ) -> Result<(), IllegalTransition> {
         let error = serde_json::json!({
             "code": "TIMED_OUT",
             "message": format!("run not terminal after {}", humantime::format_duration(limit)),
         });
-        let obs = Observation {
-            status: RunStatus::TimedOut,
-            raw_status: self.raw_status.clone(),
-            output: None,
-            error: Some(error),
-        };
-        self.finish(now, obs, callbacks);
+        let obs = Observation::local(RunStatus::TimedOut, self.raw_status.clone(), Some(error));
+        self.finish(now, obs, targets)
     }
 
     /// Terminal: recomputes when the next delivery is due, or moves to Done
@@ -456,7 +883,15 @@ mod tests {
             raw_status: Some(raw.into()),
             output: None,
             error: None,
+            unknown: false,
         }
+    }
+
+    fn targets(url: &str) -> Vec<Target> {
+        vec![Target {
+            url: url.into(),
+            events: EVENT_TYPES.map(String::from).to_vec(),
+        }]
     }
 
     fn run() -> Run {
@@ -472,14 +907,15 @@ mod tests {
     fn happy_path_reaches_done() {
         let mut r = run();
         assert_eq!(r.due_at, Some(Timestamp(1_000)));
-        r.begin_start(Timestamp(1_001), Timestamp(5_000));
+        r.begin_start(Timestamp(1_001), Timestamp(5_000)).unwrap();
         assert_eq!((r.phase, r.start_attempts), (Phase::Starting, 1));
         r.started(
             Timestamp(1_002),
             "v1".into(),
             obs(RunStatus::Queued, "QUEUED"),
             Timestamp(6_000),
-        );
+        )
+        .unwrap();
         assert_eq!(r.phase, Phase::Tracking);
         assert_eq!(r.due_at, Some(Timestamp(6_000)));
         r.observed(
@@ -487,24 +923,30 @@ mod tests {
             obs(RunStatus::Running, "RUNNING"),
             Timestamp(11_000),
             &[],
-        );
+        )
+        .unwrap();
         r.observed(
             Timestamp(6_500),
             obs(RunStatus::Running, "RUNNING"),
             Timestamp(11_000),
             &[],
-        );
+        )
+        .unwrap();
         assert_eq!(r.history.len(), 2, "unchanged statuses are not repeated");
-        let cbs = vec!["http://a".to_string()];
+        let cbs = targets("http://a");
         r.observed(
             Timestamp(11_000),
             obs(RunStatus::Succeeded, "COMPLETED"),
             Timestamp(0),
             &cbs,
-        );
+        )
+        .unwrap();
         assert_eq!(r.phase, Phase::Terminal);
         assert_eq!(r.due_at, Some(Timestamp(11_000)));
-        assert_eq!(r.deliveries[0].webhook_id, r.id.webhook_id());
+        assert_eq!(
+            r.deliveries[0].webhook_id,
+            format!("{}_1", r.id.webhook_id())
+        );
         let d = &mut r.deliveries[0];
         let a = Attempt {
             at: Timestamp(11_001),
@@ -524,7 +966,7 @@ mod tests {
     #[test]
     fn polls_never_scheduled_past_deadline_and_timeout_creates_event() {
         let mut r = run();
-        r.begin_start(Timestamp(1_001), Timestamp(500_000));
+        r.begin_start(Timestamp(1_001), Timestamp(500_000)).unwrap();
         assert_eq!(
             r.due_at,
             Some(Timestamp(500_000)),
@@ -535,13 +977,15 @@ mod tests {
             "v".into(),
             obs(RunStatus::Running, "RUNNING"),
             Timestamp(900_000),
-        );
+        )
+        .unwrap();
         assert_eq!(r.due_at, Some(r.deadline));
         r.time_out(
             Timestamp(100_000),
             std::time::Duration::from_secs(99),
-            &["u".into()],
-        );
+            &targets("u"),
+        )
+        .unwrap();
         assert_eq!(r.status, RunStatus::TimedOut);
         assert_eq!(r.error.as_ref().unwrap()["code"], "TIMED_OUT");
         assert_eq!(r.deliveries.len(), 1);
@@ -553,8 +997,9 @@ mod tests {
         r.finish(
             Timestamp(2_000),
             obs(RunStatus::Failed, "FAILED"),
-            &["u".into()],
-        );
+            &targets("u"),
+        )
+        .unwrap();
         let a = Attempt {
             at: Timestamp(2_001),
             duration_ms: 1,
@@ -578,5 +1023,131 @@ mod tests {
             "timed_out".parse::<RunStatus>().unwrap(),
             RunStatus::TimedOut
         );
+    }
+
+    #[test]
+    fn illegal_transitions_are_errors_and_change_nothing() {
+        let mut r = run();
+        let before = r.clone();
+        let e = r
+            .started(
+                Timestamp(2),
+                "v".into(),
+                obs(RunStatus::Running, "R"),
+                Timestamp(3),
+            )
+            .unwrap_err();
+        assert_eq!(
+            (e.phase, e.what),
+            (Phase::Accepted, "record a started vendor run")
+        );
+        assert_eq!(r, before);
+        r.finish(Timestamp(2_000), obs(RunStatus::Failed, "FAILED"), &[])
+            .unwrap();
+        assert!(r.begin_start(Timestamp(2_001), Timestamp(3_000)).is_err());
+        assert!(r.request_cancel(Timestamp(2_001)).is_err(), "already ended");
+    }
+
+    #[test]
+    fn a_waiting_spell_sends_one_event_with_its_own_id() {
+        let mut r = run();
+        let t = targets("http://a");
+        r.begin_start(Timestamp(1_001), Timestamp(5_000)).unwrap();
+        r.started(
+            Timestamp(1_002),
+            "v".into(),
+            obs(RunStatus::Running, "running"),
+            Timestamp(2_000),
+        )
+        .unwrap();
+        for at in [2_000, 3_000] {
+            r.observed(
+                Timestamp(at),
+                obs(RunStatus::Waiting, "paused"),
+                Timestamp(at + 1_000),
+                &t,
+            )
+            .unwrap();
+        }
+        assert_eq!(r.events.len(), 1, "one event per waiting spell");
+        assert_eq!(
+            r.due_at,
+            Some(Timestamp(2_000)),
+            "the waiting event is due at once"
+        );
+        r.observed(
+            Timestamp(4_000),
+            obs(RunStatus::Running, "running"),
+            Timestamp(5_000),
+            &t,
+        )
+        .unwrap();
+        r.observed(
+            Timestamp(5_000),
+            obs(RunStatus::Waiting, "paused"),
+            Timestamp(6_000),
+            &t,
+        )
+        .unwrap();
+        r.observed(
+            Timestamp(6_000),
+            obs(RunStatus::Succeeded, "completed"),
+            Timestamp(7_000),
+            &t,
+        )
+        .unwrap();
+        let ids: Vec<&str> = r.deliveries.iter().map(|d| d.webhook_id.as_str()).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(
+            ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+            "{ids:?}"
+        );
+        // A callback not subscribed to run.waiting gets the terminal event only.
+        let mut r2 = run();
+        let only_terminal = vec![Target {
+            url: "http://b".into(),
+            events: DEFAULT_EVENTS.map(String::from).to_vec(),
+        }];
+        r2.begin_start(Timestamp(1_001), Timestamp(5_000)).unwrap();
+        r2.started(
+            Timestamp(1_002),
+            "v".into(),
+            obs(RunStatus::Waiting, "paused"),
+            Timestamp(2_000),
+        )
+        .unwrap();
+        r2.observed(
+            Timestamp(2_000),
+            obs(RunStatus::Waiting, "paused"),
+            Timestamp(3_000),
+            &only_terminal,
+        )
+        .unwrap();
+        assert!(r2.deliveries.is_empty());
+    }
+
+    /// A record as the previous version wrote it (no event ids, no cancel,
+    /// no waiting fields) opens, and its pending delivery keeps `msg_<run id>`.
+    #[test]
+    fn a_record_in_the_previous_json_form_opens_and_keeps_its_event_id() {
+        let json = r#"{"id":"01KAT2Q7Q8V1G5M6H8R4S0ZB9N","route":"gh","provider":"slate",
+            "workflow_id":"wf","inputs":{"repo":"o/r"},"delivery_id":"d1","phase":"terminal",
+            "status":"succeeded","raw_status":"COMPLETED","vendor_run_id":"v-1",
+            "output":{"ok":true},"error":null,"created_at":"2026-11-23T10:00:00.000Z",
+            "updated_at":"2026-11-23T10:00:05.000Z","started_at":"2026-11-23T10:00:01.000Z",
+            "finished_at":"2026-11-23T10:00:05.000Z","deadline":"2026-11-24T10:00:00.000Z",
+            "failures":0,"start_attempts":1,"polls":3,"last_error":null,
+            "history":[{"at":"2026-11-23T10:00:05.000Z","status":"succeeded","raw_status":"COMPLETED"}],
+            "deliveries":[{"url":"http://r/cb","webhook_id":"msg_01KAT2Q7Q8V1G5M6H8R4S0ZB9N",
+              "state":"pending","attempts":[],"next_attempt_at":"2026-11-23T10:00:05.000Z"}],
+            "due_at":"2026-11-23T10:00:05.000Z"}"#;
+        let r: Run = serde_json::from_str(json).unwrap();
+        let d = &r.deliveries[0];
+        assert_eq!(d.webhook_id, r.id.webhook_id());
+        assert!(r.event_of(d).is_none(), "the terminal event");
+        let body: Value = serde_json::from_slice(&crate::delivery::event_body(&r, d)).unwrap();
+        assert_eq!(body["type"], "run.succeeded");
+        assert_eq!(body["data"]["event_id"], r.id.webhook_id());
+        assert!(r.cancel.is_none() && r.events.is_empty() && !r.start_unsure);
     }
 }

@@ -24,6 +24,9 @@ pub struct RouteSettings {
     pub dedupe_header: Option<String>,
     pub dedupe_ttl: Duration,
     pub run_timeout: Option<Duration>,
+    /// How long a run may wait for a person (vendor status `waiting`)
+    /// before it ends `timed_out`; `None`: only `run_timeout` applies.
+    pub waiting_timeout: Option<Duration>,
     pub callbacks: Vec<CallbackSettings>,
 }
 
@@ -68,6 +71,8 @@ pub struct InputSettings {
 pub struct CallbackSettings {
     pub url: String,
     pub key: WebhookKey,
+    /// Event types this URL receives (default: the terminal ones).
+    pub events: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +89,8 @@ pub(super) struct RawRoute {
     dedupe_ttl: Duration,
     #[serde(default, with = "humantime_serde")]
     run_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    waiting_timeout: Option<Duration>,
     #[serde(default)]
     callbacks: Vec<RawCallback>,
 }
@@ -150,6 +157,7 @@ fn yes() -> bool {
 struct RawCallback {
     url: String,
     secret: RawSecret,
+    events: Option<Vec<String>>,
 }
 
 pub(super) fn check_route(
@@ -262,6 +270,10 @@ pub(super) fn check_route(
         positive(&format!("{key}.run_timeout"), t, p);
         bounded(&format!("{key}.run_timeout"), t, MAX_RUN_TIMEOUT, p);
     }
+    if let Some(t) = raw.waiting_timeout {
+        positive(&format!("{key}.waiting_timeout"), t, p);
+        bounded(&format!("{key}.waiting_timeout"), t, MAX_RUN_TIMEOUT, p);
+    }
     bounded(
         &format!("{key}.dedupe_ttl"),
         raw.dedupe_ttl,
@@ -280,8 +292,20 @@ pub(super) fn check_route(
                 None
             }
         });
+        let events: Vec<String> = match cb.events {
+            Some(list) => list,
+            None => crate::run::DEFAULT_EVENTS.map(String::from).to_vec(),
+        };
+        for e in &events {
+            if !crate::run::EVENT_TYPES.contains(&e.as_str()) {
+                p.add(
+                    format!("{ck}.events"),
+                    format!("{e:?} is not one of {}", crate::run::EVENT_TYPES.join(", ")),
+                );
+            }
+        }
         if let (Some(url), Some(key)) = (url, key) {
-            callbacks.push(CallbackSettings { url, key });
+            callbacks.push(CallbackSettings { url, key, events });
         }
     }
     if p.0.len() > before {
@@ -295,6 +319,7 @@ pub(super) fn check_route(
         dedupe_header: raw.dedupe_header.map(|h| h.to_ascii_lowercase()),
         dedupe_ttl: raw.dedupe_ttl,
         run_timeout: raw.run_timeout,
+        waiting_timeout: raw.waiting_timeout,
         callbacks,
     })
 }

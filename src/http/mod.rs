@@ -186,6 +186,7 @@ pub fn router(st: EdgeState) -> Router {
     let admin = AdminState {
         store: st.store.clone(),
         topology: st.topology.clone(),
+        wake: st.wake.clone(),
     };
     let limits = HeaderLimits {
         max_headers: server.max_headers,

@@ -936,7 +936,7 @@ mod tests {
         assert_eq!(next_due(&store), Some(Timestamp(1_000)));
 
         let mut a2 = a.clone();
-        a2.begin_start(Timestamp(1_001), Timestamp(9_000));
+        a2.begin_start(Timestamp(1_001), Timestamp(9_000)).unwrap();
         store.save_run(&a2).await.unwrap();
         assert!(
             store
