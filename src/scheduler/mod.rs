@@ -12,6 +12,7 @@
 //! redone because a save failed. While the store reports a fault no new runs
 //! are claimed.
 
+pub mod lateness;
 mod steps;
 #[cfg(test)]
 mod tests;
@@ -80,6 +81,8 @@ impl Drop for Claim {
 pub struct Scheduler {
     /// The time source (a controllable clock in unit tests).
     clock: Clock,
+    /// How late steps begin against their due time.
+    lateness: lateness::Lateness,
     store: Arc<dyn Store>,
     topology: SharedTopology,
     client: reqwest::Client,
@@ -129,6 +132,7 @@ impl Scheduler {
         let concurrency = topology.load().settings.scheduler.concurrency;
         Arc::new(Scheduler {
             clock,
+            lateness: lateness::Lateness::default(),
             store,
             topology,
             client,
@@ -306,7 +310,13 @@ impl Scheduler {
 
     /// One unit of work on one run (claimed through its due entry at `at`),
     /// persisted before returning.
+    /// Step lateness since the last call (the benchmark reads it).
+    pub fn take_lateness(&self) -> lateness::LatenessSummary {
+        self.lateness.take()
+    }
+
     async fn step(&self, at: Timestamp, id: RunId) {
+        self.lateness.record(self.now().since(at));
         let run = match self.store.get_run(id) {
             Ok(run) => run,
             Err(e) => {
