@@ -155,8 +155,8 @@ fn main() {
                 inputs: json!({"i": i}),
                 delivery_id: None,
             };
-            let mut run = Run::accepted(RunId::new(), spec, now, now.plus(Duration::from_secs(86_400)));
-            run.due_at = Some(now.plus(Duration::from_millis((i as u64 * 5_000) / runs as u64)));
+            let at = now.plus(Duration::from_millis((i as u64 * 5_000) / runs as u64));
+            let run = Run::accepted(RunId::new(), spec, at, at.plus(Duration::from_secs(86_400)));
             store.create_run(&run, None).await.expect("create");
         }
         let scheduler = Scheduler::new(

@@ -341,58 +341,245 @@ impl RunSpec {
 /// The durable record of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
-    pub id: RunId,
-    pub route: String,
-    pub provider: String,
-    pub workflow_id: String,
-    pub inputs: Value,
+    id: RunId,
+    route: String,
+    provider: String,
+    workflow_id: String,
+    inputs: Value,
     /// The trigger's delivery id (dedupe header value), if it had one.
-    pub delivery_id: Option<String>,
-    pub phase: Phase,
-    pub status: RunStatus,
-    pub raw_status: Option<String>,
-    pub vendor_run_id: Option<String>,
-    pub output: Option<Value>,
-    pub error: Option<Value>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-    pub started_at: Option<Timestamp>,
-    pub finished_at: Option<Timestamp>,
+    delivery_id: Option<String>,
+    phase: Phase,
+    status: RunStatus,
+    raw_status: Option<String>,
+    vendor_run_id: Option<String>,
+    output: Option<Value>,
+    error: Option<Value>,
+    created_at: Timestamp,
+    updated_at: Timestamp,
+    started_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
     /// After this the run ends as `timed_out`.
-    pub deadline: Timestamp,
+    deadline: Timestamp,
     /// Consecutive failed provider calls (drives backoff; reset on success).
-    pub failures: u32,
+    failures: u32,
     /// Start calls made (more than one means retries with the same key).
-    pub start_attempts: u32,
-    pub polls: u32,
+    start_attempts: u32,
+    polls: u32,
     /// The last transient error, for operators.
-    pub last_error: Option<String>,
-    pub history: Vec<StatusChange>,
-    pub deliveries: Vec<Delivery>,
+    last_error: Option<String>,
+    history: Vec<StatusChange>,
+    deliveries: Vec<Delivery>,
     /// When the scheduler must next act on this run; `None` once done.
-    pub due_at: Option<Timestamp>,
+    due_at: Option<Timestamp>,
     /// When the first start attempt was recorded (reconciliation looks for
     /// vendor runs created since).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_began_at: Option<Timestamp>,
+    start_began_at: Option<Timestamp>,
     /// A start attempt may have created a vendor run we do not know of (a
     /// crash or a lost answer); a non-idempotent provider reconciles first.
     #[serde(default)]
-    pub start_unsure: bool,
+    start_unsure: bool,
     /// When the current waiting spell began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting_since: Option<Timestamp>,
+    waiting_since: Option<Timestamp>,
     /// An unknown vendor status was logged for this run already.
     #[serde(default)]
-    pub unknown_status_logged: bool,
+    unknown_status_logged: bool,
     /// The next status check while tracking (deliveries of `run.waiting`
     /// may be due earlier); `None` in older records: `due_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub poll_at: Option<Timestamp>,
+    poll_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancel: Option<CancelRequest>,
+    cancel: Option<CancelRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub events: Vec<EventRecord>,
+    events: Vec<EventRecord>,
+}
+
+/// Read access to a run: it changes only through its transitions.
+impl Run {
+    /// The run's `id`.
+    pub fn id(&self) -> RunId {
+        self.id
+    }
+
+    /// The run's `route`.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The run's `provider`.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The run's `workflow_id`.
+    pub fn workflow_id(&self) -> &str {
+        &self.workflow_id
+    }
+
+    /// The run's `inputs`.
+    pub fn inputs(&self) -> &Value {
+        &self.inputs
+    }
+
+    /// The run's `delivery_id`.
+    pub fn delivery_id(&self) -> &Option<String> {
+        &self.delivery_id
+    }
+
+    /// The run's `phase`.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The run's `status`.
+    pub fn status(&self) -> RunStatus {
+        self.status
+    }
+
+    /// The run's `raw_status`.
+    pub fn raw_status(&self) -> &Option<String> {
+        &self.raw_status
+    }
+
+    /// The run's `vendor_run_id`.
+    pub fn vendor_run_id(&self) -> &Option<String> {
+        &self.vendor_run_id
+    }
+
+    /// The run's `output`.
+    pub fn output(&self) -> &Option<Value> {
+        &self.output
+    }
+
+    /// The run's `error`.
+    pub fn error(&self) -> &Option<Value> {
+        &self.error
+    }
+
+    /// The run's `created_at`.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// The run's `updated_at`.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// The run's `started_at`.
+    pub fn started_at(&self) -> Option<Timestamp> {
+        self.started_at
+    }
+
+    /// The run's `finished_at`.
+    pub fn finished_at(&self) -> Option<Timestamp> {
+        self.finished_at
+    }
+
+    /// The run's `deadline`.
+    pub fn deadline(&self) -> Timestamp {
+        self.deadline
+    }
+
+    /// The run's `failures`.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The run's `start_attempts`.
+    pub fn start_attempts(&self) -> u32 {
+        self.start_attempts
+    }
+
+    /// The run's `polls`.
+    pub fn polls(&self) -> u32 {
+        self.polls
+    }
+
+    /// The run's `last_error`.
+    pub fn last_error(&self) -> &Option<String> {
+        &self.last_error
+    }
+
+    /// The run's `history`.
+    pub fn history(&self) -> &Vec<StatusChange> {
+        &self.history
+    }
+
+    /// The run's `deliveries`.
+    pub fn deliveries(&self) -> &Vec<Delivery> {
+        &self.deliveries
+    }
+
+    /// The run's `due_at`.
+    pub fn due_at(&self) -> Option<Timestamp> {
+        self.due_at
+    }
+
+    /// The run's `start_began_at`.
+    pub fn start_began_at(&self) -> Option<Timestamp> {
+        self.start_began_at
+    }
+
+    /// The run's `start_unsure`.
+    pub fn start_unsure(&self) -> bool {
+        self.start_unsure
+    }
+
+    /// The run's `waiting_since`.
+    pub fn waiting_since(&self) -> Option<Timestamp> {
+        self.waiting_since
+    }
+
+    /// The run's `unknown_status_logged`.
+    pub fn unknown_status_logged(&self) -> bool {
+        self.unknown_status_logged
+    }
+
+    /// The run's `cancel`.
+    pub fn cancel(&self) -> &Option<CancelRequest> {
+        &self.cancel
+    }
+
+    /// The run's `events`.
+    pub fn events(&self) -> &Vec<EventRecord> {
+        &self.events
+    }
+
+    /// Carries over a cancel request saved by someone else while a step
+    /// held the run (the step's save would otherwise drop it).
+    pub fn adopt_cancel(&mut self, stored: &Run, now: Timestamp) {
+        if self.cancel.is_none() && stored.cancel.is_some() {
+            self.cancel = stored.cancel.clone();
+            self.reconsider(now);
+        }
+    }
+
+    /// Notes that an unknown vendor status was seen; true the first time
+    /// for this run (it is logged once per run).
+    pub fn first_unknown_status(&mut self) -> bool {
+        !std::mem::replace(&mut self.unknown_status_logged, true)
+    }
+
+    /// Records the outcome of an attempt of delivery `i`.
+    pub fn record_attempt(
+        &mut self,
+        i: usize,
+        attempt: Attempt,
+        succeeded: bool,
+        next: Option<Timestamp>,
+    ) {
+        if let Some(d) = self.deliveries.get_mut(i) {
+            d.record(attempt, succeeded, next);
+        }
+    }
+
+    /// Replaces the due time (store repair tests only).
+    #[cfg(test)]
+    pub(crate) fn force_due(&mut self, at: Option<Timestamp>) {
+        self.due_at = at;
+    }
 }
 
 impl Run {

@@ -30,30 +30,30 @@ pub fn event_body(run: &Run, d: &Delivery) -> Bytes {
             (e.kind.as_str(), e.at, e.status, e.raw_status.clone(), false)
         }
         _ => (
-            run.status.event_type(),
-            run.finished_at.unwrap_or(run.updated_at),
-            run.status,
-            run.raw_status.clone(),
+            run.status().event_type(),
+            run.finished_at().unwrap_or(run.updated_at()),
+            run.status(),
+            run.raw_status().clone(),
             true,
         ),
     };
     let mut data = json!({
-        "run_id": run.id.to_string(),
-        "route": run.route,
-        "provider": run.provider,
-        "workflow_id": run.workflow_id,
-        "vendor_run_id": run.vendor_run_id,
+        "run_id": run.id().to_string(),
+        "route": run.route(),
+        "provider": run.provider(),
+        "workflow_id": run.workflow_id(),
+        "vendor_run_id": run.vendor_run_id(),
         "status": status,
         "raw_status": raw_status,
-        "output": if terminal { run.output.clone() } else { None },
-        "error": if terminal { run.error.clone() } else { None },
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": if terminal { run.finished_at } else { None },
-        "delivery_id": run.delivery_id,
+        "output": if terminal { run.output().clone() } else { None },
+        "error": if terminal { run.error().clone() } else { None },
+        "created_at": run.created_at(),
+        "started_at": run.started_at(),
+        "finished_at": if terminal { run.finished_at() } else { None },
+        "delivery_id": run.delivery_id(),
         "event_id": d.webhook_id,
     });
-    if let (true, Some(c)) = (terminal, &run.cancel) {
+    if let (true, Some(c)) = (terminal, &run.cancel()) {
         if c.local_only {
             data["vendor_run_may_continue"] = json!(true);
         }
@@ -261,7 +261,7 @@ mod tests {
             }],
         )
         .unwrap();
-        let d = &run.deliveries[0];
+        let d = &run.deliveries()[0];
         let a = event_body(&run, d);
         assert_eq!(a, event_body(&run, d));
         let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
@@ -269,6 +269,9 @@ mod tests {
         assert_eq!(v["data"]["raw_status"], "COMPLETED");
         assert_eq!(v["data"]["delivery_id"], "d-1");
         assert_eq!(v["data"]["output"]["x"], 1);
-        assert_eq!(v["data"]["event_id"], format!("{}_1", run.id.webhook_id()));
+        assert_eq!(
+            v["data"]["event_id"],
+            format!("{}_1", run.id().webhook_id())
+        );
     }
 }

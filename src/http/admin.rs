@@ -71,7 +71,7 @@ async fn cancel_run(
     let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
     loop {
         let settled = run
-            .cancel
+            .cancel()
             .as_ref()
             .is_none_or(|c| c.phase != CancelPhase::Requested);
         if settled || tokio::time::Instant::now() >= deadline {
@@ -85,15 +85,15 @@ async fn cancel_run(
 }
 
 fn cancel_answer(run: &Run) -> (StatusCode, Json<Value>) {
-    let id = run.id.to_string();
-    let status = run.status.as_str();
-    match &run.cancel {
-        Some(c) if c.phase == CancelPhase::Done || run.status == RunStatus::Canceled => (
+    let id = run.id().to_string();
+    let status = run.status().as_str();
+    match &run.cancel() {
+        Some(c) if c.phase == CancelPhase::Done || run.status() == RunStatus::Canceled => (
             StatusCode::OK,
             Json(json!({"run_id": id, "status": status, "cancel": "canceled",
                 "vendor_run_may_continue": c.local_only})),
         ),
-        Some(c) if !run.is_unfinished() || run.phase == Phase::Terminal => {
+        Some(c) if !run.is_unfinished() || run.phase() == Phase::Terminal => {
             let _ = c;
             (
                 StatusCode::CONFLICT,
@@ -165,7 +165,7 @@ fn present(run: &Run, redactor: &Redactor) -> Value {
     let v = redactor.scrub_json(serde_json::to_value(run).unwrap_or(Value::Null));
     // A receiver may echo its URL (with the token in its query) in an answer.
     let url_secrets = Redactor::new(
-        run.deliveries
+        run.deliveries()
             .iter()
             .flat_map(|d| url_secrets(&d.url))
             .collect::<Vec<_>>()
@@ -236,7 +236,7 @@ async fn list_runs(
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()))??;
     let next = (runs.len() == limit)
-        .then(|| runs.last().map(|r| r.id.to_string()))
+        .then(|| runs.last().map(|r| r.id().to_string()))
         .flatten();
     let redactor = state.topology.load().redactor.clone();
     let runs: Vec<Value> = runs.iter().map(|r| present(r, &redactor)).collect();
@@ -272,7 +272,8 @@ mod tests {
             }],
         )
         .unwrap();
-        run.deliveries[0].record(
+        run.record_attempt(
+            0,
             Attempt {
                 at: Timestamp(2_001),
                 duration_ms: 1,
@@ -291,6 +292,10 @@ mod tests {
             shown.contains("\"url\":\"https://h.example/cb?token=***&v=***\""),
             "{shown}"
         );
-        assert_eq!(run.deliveries[0].url, url, "the record keeps the full URL");
+        assert_eq!(
+            run.deliveries()[0].url,
+            url,
+            "the record keeps the full URL"
+        );
     }
 }

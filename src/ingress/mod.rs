@@ -135,7 +135,7 @@ pub fn prepare(
 /// Returns only once the outcome is durable; callers must await it to the
 /// end, never cut it off, so that an answer always matches the store.
 pub async fn persist(store: &dyn Store, prepared: Prepared) -> Result<Accepted, IngressError> {
-    let id = prepared.run.id;
+    let id = prepared.run.id();
     match store.create_run(&prepared.run, prepared.dedupe).await? {
         Created::New => Ok(Accepted {
             run_id: id,

@@ -327,8 +327,8 @@ impl Scheduler {
         let result = match run {
             // An entry a crash left behind; the run's own entry is elsewhere.
             None => self.store.forget_due(at, id).await,
-            Some(run) if run.due_at != Some(at) => self.store.forget_due(at, id).await,
-            Some(run) => match run.phase {
+            Some(run) if run.due_at() != Some(at) => self.store.forget_due(at, id).await,
+            Some(run) => match run.phase() {
                 Phase::Accepted | Phase::Starting => self.start(run).await,
                 Phase::Tracking => self.track(run).await,
                 Phase::Terminal => self.deliver(run).await,
@@ -353,20 +353,20 @@ impl Scheduler {
             let error = match self.store.save_run(run).await {
                 Ok(()) => {
                     if attempt > 0 {
-                        tracing::debug!(run_id = %run.id, retries = attempt, "run persisted after retries");
+                        tracing::debug!(run_id = %run.id(), retries = attempt, "run persisted after retries");
                     }
                     return Ok(());
                 }
                 Err(e) => e,
             };
             if matches!(error, StoreError::Closed) || self.stopping.is_cancelled() {
-                self.gave_up(run.id);
+                self.gave_up(run.id());
                 return Err(error);
             }
             attempt = attempt.saturating_add(1);
             if let Some(suppressed) = self.store_log.allow("persist") {
                 tracing::warn!(
-                    run_id = %run.id,
+                    run_id = %run.id(),
                     %error,
                     suppressed,
                     "cannot persist a run transition; retrying the save with backoff (the step is not redone)"
@@ -376,7 +376,7 @@ impl Scheduler {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.stopping.cancelled() => {
-                    self.gave_up(run.id);
+                    self.gave_up(run.id());
                     return Err(error);
                 }
             }
@@ -386,15 +386,12 @@ impl Scheduler {
     /// A cancel request the admin API saved while this step held the run
     /// would be overwritten by the step's save: carry it over.
     fn keep_cancel(&self, run: &mut Run) {
-        if run.cancel.is_some() || !run.is_unfinished() || run.phase == Phase::Terminal {
+        if run.cancel().is_some() || !run.is_unfinished() || run.phase() == Phase::Terminal {
             return;
         }
-        if let Ok(Some(stored)) = self.store.get_run(run.id) {
-            if stored.cancel.is_some() {
-                let now = self.now();
-                run.cancel = stored.cancel;
-                run.reconsider(now);
-            }
+        if let Ok(Some(stored)) = self.store.get_run(run.id()) {
+            let now = self.now();
+            run.adopt_cancel(&stored, now);
         }
     }
 

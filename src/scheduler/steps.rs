@@ -24,7 +24,7 @@ const OWNERS_SCANNED: usize = 1_000;
 /// Logs a transition the run refused: a scheduler bug, never a crash.
 fn checked(run: &Run, r: Result<(), IllegalTransition>) {
     if let Err(e) = r {
-        tracing::error!(run_id = %run.id, error = %e, "illegal run transition skipped");
+        tracing::error!(run_id = %run.id(), error = %e, "illegal run transition skipped");
     }
 }
 
@@ -51,7 +51,7 @@ impl Scheduler {
         now: Timestamp,
         retry_after: Option<Duration>,
     ) -> Timestamp {
-        let ours = backoff::exponential(run.failures + 1, s.retry_base, s.retry_max, 0.2);
+        let ours = backoff::exponential(run.failures() + 1, s.retry_base, s.retry_max, 0.2);
         now.plus(backoff::honour_retry_after(
             ours,
             retry_after,
@@ -62,7 +62,7 @@ impl Scheduler {
     /// The next poll: `poll_interval` at first, growing linearly with the
     /// run's age past `poll_slowdown_after`, capped at `max_poll_interval`.
     fn next_poll(s: &SchedulerSettings, run: &Run, now: Timestamp) -> Timestamp {
-        let age = now.since(run.started_at.unwrap_or(run.created_at));
+        let age = now.since(run.started_at().unwrap_or(run.created_at()));
         let interval = backoff::poll_interval(
             age,
             s.poll_interval,
@@ -81,20 +81,20 @@ impl Scheduler {
         targets: &[Target],
     ) -> bool {
         if let (Some(since), Some(limit)) =
-            (run.waiting_since, route.and_then(|r| r.waiting_timeout))
+            (run.waiting_since(), route.and_then(|r| r.waiting_timeout))
         {
-            if run.status == RunStatus::Waiting && now >= since.plus(limit) {
-                tracing::warn!(run_id = %run.id, "run waited too long for a person; timed out");
+            if run.status() == RunStatus::Waiting && now >= since.plus(limit) {
+                tracing::warn!(run_id = %run.id(), "run waited too long for a person; timed out");
                 let r = run.waiting_timed_out(now, limit, targets);
                 checked(run, r);
                 return true;
             }
         }
-        if now < run.deadline {
+        if now < run.deadline() {
             return false;
         }
-        let limit = run.deadline.since(run.created_at);
-        tracing::warn!(run_id = %run.id, phase = ?run.phase, "run timed out");
+        let limit = run.deadline().since(run.created_at());
+        tracing::warn!(run_id = %run.id(), phase = ?run.phase(), "run timed out");
         let r = run.time_out(now, limit, targets);
         checked(run, r);
         true
@@ -109,8 +109,8 @@ impl Scheduler {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let at = self.retry_at(s, &run, now, None);
-        let error = format!("provider {:?} is not configured", run.provider);
-        tracing::error!(run_id = %run.id, %error, "cannot work on run");
+        let error = format!("provider {:?} is not configured", run.provider());
+        tracing::error!(run_id = %run.id(), %error, "cannot work on run");
         run.failed_call(now, error, at);
         self.persist(&mut run).await
     }
@@ -125,12 +125,14 @@ impl Scheduler {
             Ok(runs) => runs
                 .into_iter()
                 .filter(|r| {
-                    r.id != run.id && r.provider == run.provider && r.workflow_id == run.workflow_id
+                    r.id() != run.id()
+                        && r.provider() == run.provider()
+                        && r.workflow_id() == run.workflow_id()
                 })
-                .filter_map(|r| r.vendor_run_id)
+                .filter_map(|r| r.vendor_run_id().clone())
                 .collect(),
             Err(e) => {
-                tracing::warn!(run_id = %run.id, error = %e, "cannot list runs for reconciliation");
+                tracing::warn!(run_id = %run.id(), error = %e, "cannot list runs for reconciliation");
                 Vec::new()
             }
         }
@@ -139,35 +141,35 @@ impl Scheduler {
     pub(super) async fn start(&self, mut run: Run) -> Result<(), StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
-        let route = topo.settings.routes.get(&run.route);
+        let route = topo.settings.routes.get(run.route());
         let targets = Self::targets(route);
         let now = self.now();
         if Self::expire(&mut run, now, route, &targets) {
             return self.persist(&mut run).await;
         }
-        if run.cancel_requested() && !(run.phase == Phase::Starting && run.start_unsure) {
+        if run.cancel_requested() && !(run.phase() == Phase::Starting && run.start_unsure()) {
             // Nothing reached the vendor (or it certainly created nothing).
-            tracing::info!(run_id = %run.id, "run canceled before it started");
+            tracing::info!(run_id = %run.id(), "run canceled before it started");
             let r = run.canceled(now, None, true, &targets);
             checked(&run, r);
             return self.persist(&mut run).await;
         }
-        let Some(provider) = topo.providers.get(&run.provider).cloned() else {
+        let Some(provider) = topo.providers.get(run.provider()).cloned() else {
             return self.provider_missing(s, run, now).await;
         };
         let caps = provider.capabilities();
-        if run.phase == Phase::Starting && run.start_unsure && !caps.idempotent_start {
+        if run.phase() == Phase::Starting && run.start_unsure() && !caps.idempotent_start {
             // An earlier attempt may have created a vendor run: find it
             // before starting again, never guess.
             if !caps.reconcile {
-                tracing::warn!(run_id = %run.id, "interrupted start cannot be reconciled (no runs listing)");
+                tracing::warn!(run_id = %run.id(), "interrupted start cannot be reconciled (no runs listing)");
                 let r = run.start_uncertain(now, Vec::new(), &targets);
                 checked(&run, r);
                 return self.persist(&mut run).await;
             }
             let req = ReconcileRequest {
-                workflow_id: &run.workflow_id,
-                since: run.start_began_at.unwrap_or(run.created_at),
+                workflow_id: run.workflow_id(),
+                since: run.start_began_at().unwrap_or(run.created_at()),
             };
             let result = provider.reconcile(req).await;
             let now = self.now();
@@ -178,19 +180,19 @@ impl Scheduler {
                         found.into_iter().filter(|v| !owned.contains(v)).collect();
                     match mine.len() {
                         0 => {
-                            tracing::info!(run_id = %run.id, "interrupted start created no vendor run; starting again");
+                            tracing::info!(run_id = %run.id(), "interrupted start created no vendor run; starting again");
                             run.start_not_created();
                         }
                         1 => {
                             let vid = mine.into_iter().next().unwrap_or_default();
-                            tracing::info!(run_id = %run.id, vendor_run_id = %vid, "interrupted start reconciled: adopting the vendor run");
+                            tracing::info!(run_id = %run.id(), vendor_run_id = %vid, "interrupted start reconciled: adopting the vendor run");
                             let next = Self::next_poll(s, &run, now);
                             let r = run.adopted(now, vid, next);
                             checked(&run, r);
                             return self.persist(&mut run).await;
                         }
                         n => {
-                            tracing::warn!(run_id = %run.id, candidates = n, "interrupted start is ambiguous; failing with start_uncertain");
+                            tracing::warn!(run_id = %run.id(), candidates = n, "interrupted start is ambiguous; failing with start_uncertain");
                             let r = run.start_uncertain(now, mine, &targets);
                             checked(&run, r);
                             return self.persist(&mut run).await;
@@ -220,22 +222,22 @@ impl Scheduler {
         // the same idempotency key, or reconciled, never skipped.
         let guard = self.retry_at(s, &run, now, None);
         if let Err(e) = run.begin_start(now, guard) {
-            tracing::error!(run_id = %run.id, error = %e, "illegal run transition skipped");
+            tracing::error!(run_id = %run.id(), error = %e, "illegal run transition skipped");
             return Ok(());
         }
         self.persist(&mut run).await?;
 
         let req = StartRequest {
-            run_id: run.id,
-            workflow_id: &run.workflow_id,
-            inputs: &run.inputs,
+            run_id: run.id(),
+            workflow_id: run.workflow_id(),
+            inputs: run.inputs(),
         };
         let result = provider.start(req).await;
         let now = self.now();
         match result {
             Ok(started) => {
-                self.provider_answered(&run.provider);
-                tracing::info!(run_id = %run.id, vendor_run_id = %started.vendor_run_id, "run started");
+                self.provider_answered(run.provider());
+                tracing::info!(run_id = %run.id(), vendor_run_id = %started.vendor_run_id, "run started");
                 let next = Self::next_poll(s, &run, now);
                 let r = run.started(now, started.vendor_run_id, started.observation, next);
                 checked(&run, r);
@@ -243,7 +245,7 @@ impl Scheduler {
             Err(
                 ProviderError::NotFound { detail, body } | ProviderError::Rejected { detail, body },
             ) => {
-                tracing::warn!(run_id = %run.id, provider = %run.provider, %detail, "vendor rejected the start");
+                tracing::warn!(run_id = %run.id(), provider = %run.provider(), %detail, "vendor rejected the start");
                 let r = run.start_rejected(now, &detail, body, &targets);
                 checked(&run, r);
             }
@@ -266,13 +268,13 @@ impl Scheduler {
     /// cancel, and polls when the poll is due.
     pub(super) async fn track(&self, mut run: Run) -> Result<(), StoreError> {
         let now = self.now();
-        if run.deliveries.iter().any(|d| d.is_due(now)) {
+        if run.deliveries().iter().any(|d| d.is_due(now)) {
             self.send_due(&mut run).await;
         }
         if run.cancel_requested() {
             return self.cancel(run).await;
         }
-        if run.next_poll_at().is_none_or(|t| t <= self.now()) || now >= run.deadline {
+        if run.next_poll_at().is_none_or(|t| t <= self.now()) || now >= run.deadline() {
             return self.poll(run).await;
         }
         run.replan(self.now());
@@ -282,22 +284,22 @@ impl Scheduler {
     async fn cancel(&self, mut run: Run) -> Result<(), StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
-        let targets = Self::targets(topo.settings.routes.get(&run.route));
+        let targets = Self::targets(topo.settings.routes.get(run.route()));
         let now = self.now();
         let (Some(provider), Some(vendor_id)) = (
-            topo.providers.get(&run.provider).cloned(),
-            run.vendor_run_id.clone(),
+            topo.providers.get(run.provider()).cloned(),
+            run.vendor_run_id().clone(),
         ) else {
             return self.provider_missing(s, run, now).await;
         };
         if provider.capabilities().cancel == CancelSupport::LocalOnly {
-            tracing::info!(run_id = %run.id, "provider has no cancel: canceled locally, the vendor run may continue");
+            tracing::info!(run_id = %run.id(), "provider has no cancel: canceled locally, the vendor run may continue");
             let r = run.canceled(now, None, true, &targets);
             checked(&run, r);
             return self.persist(&mut run).await;
         }
         let req = PollRequest {
-            workflow_id: &run.workflow_id,
+            workflow_id: run.workflow_id(),
             vendor_run_id: &vendor_id,
         };
         let result = provider.cancel(req).await;
@@ -305,17 +307,17 @@ impl Scheduler {
         let soon = now.plus(s.poll_interval);
         match result {
             Ok(CancelOutcome::Canceled(obs)) => {
-                self.provider_answered(&run.provider);
-                tracing::info!(run_id = %run.id, "run canceled");
+                self.provider_answered(run.provider());
+                tracing::info!(run_id = %run.id(), "run canceled");
                 let r = run.canceled(now, obs, false, &targets);
                 checked(&run, r);
             }
             Ok(CancelOutcome::Pending) => {
-                tracing::info!(run_id = %run.id, "cancel accepted by the vendor; polling until it shows");
+                tracing::info!(run_id = %run.id(), "cancel accepted by the vendor; polling until it shows");
                 run.cancel_pending(now, soon);
             }
             Ok(CancelOutcome::Refused(reason)) => {
-                tracing::info!(run_id = %run.id, "vendor refused the cancel");
+                tracing::info!(run_id = %run.id(), "vendor refused the cancel");
                 run.cancel_refused(now, reason, soon);
             }
             Ok(CancelOutcome::AlreadyEnded) => {
@@ -337,20 +339,20 @@ impl Scheduler {
     async fn poll(&self, mut run: Run) -> Result<(), StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
-        let route = topo.settings.routes.get(&run.route);
+        let route = topo.settings.routes.get(run.route());
         let targets = Self::targets(route);
         let now = self.now();
         if Self::expire(&mut run, now, route, &targets) {
             return self.persist(&mut run).await;
         }
         let (Some(provider), Some(vendor_id)) = (
-            topo.providers.get(&run.provider).cloned(),
-            run.vendor_run_id.clone(),
+            topo.providers.get(run.provider()).cloned(),
+            run.vendor_run_id().clone(),
         ) else {
             return self.provider_missing(s, run, now).await;
         };
         let req = PollRequest {
-            workflow_id: &run.workflow_id,
+            workflow_id: run.workflow_id(),
             vendor_run_id: &vendor_id,
         };
         let mut result = provider.poll(req).await;
@@ -365,22 +367,21 @@ impl Scheduler {
         let now = self.now();
         match result {
             Ok(obs) => {
-                self.provider_answered(&run.provider);
-                if obs.unknown && !run.unknown_status_logged {
-                    run.unknown_status_logged = true;
+                self.provider_answered(run.provider());
+                if obs.unknown && run.first_unknown_status() {
                     tracing::warn!(
-                        run_id = %run.id, provider = %run.provider,
+                        run_id = %run.id(), provider = %run.provider(),
                         raw_status = obs.raw_status.as_deref().unwrap_or_default(),
                         "unknown vendor status, counted as running (logged once per run)"
                     );
                 }
                 if obs.status.is_terminal() {
-                    tracing::info!(run_id = %run.id, status = obs.status.as_str(), "run finished");
+                    tracing::info!(run_id = %run.id(), status = obs.status.as_str(), "run finished");
                 }
                 let mut next = Self::next_poll(s, &run, now);
                 if obs.status == RunStatus::Waiting {
                     if let Some(limit) = route.and_then(|r| r.waiting_timeout) {
-                        let since = run.waiting_since.unwrap_or(now);
+                        let since = run.waiting_since().unwrap_or(now);
                         next = next.min(since.plus(limit));
                     }
                 }
@@ -437,24 +438,24 @@ impl Scheduler {
                 vendor_code,
             } => {
                 self.health
-                    .provider_refused(&run.provider, vendor_code, detail.clone());
+                    .provider_refused(run.provider(), vendor_code, detail.clone());
                 (detail, None)
             }
             ProviderError::NotFound { detail, .. } | ProviderError::Rejected { detail, .. } => {
                 (format!("{call} refused: {detail}"), None)
             }
         };
-        let key = format!("{}/{}", run.provider, kind.as_str());
+        let key = format!("{}/{}", run.provider(), kind.as_str());
         if let Some(suppressed) = self.vendor_log.allow(&key) {
             if kind == FailureKind::Unauthorized {
                 tracing::error!(
-                    provider = %run.provider, run_id = %run.id, call, kind = kind.as_str(),
+                    provider = %run.provider(), run_id = %run.id(), call, kind = kind.as_str(),
                     suppressed, error = %detail,
                     "vendor refused our credentials; retrying with backoff until the run's deadline"
                 );
             } else {
                 tracing::warn!(
-                    provider = %run.provider, run_id = %run.id, call, kind = kind.as_str(),
+                    provider = %run.provider(), run_id = %run.id(), call, kind = kind.as_str(),
                     suppressed, error = %detail,
                     "vendor call failed; retrying with backoff"
                 );
@@ -468,10 +469,10 @@ impl Scheduler {
     async fn send_due(&self, run: &mut Run) {
         let topo = self.topology.load();
         let ds = topo.settings.delivery.clone();
-        let route = topo.settings.routes.get(&run.route);
+        let route = topo.settings.routes.get(run.route());
         let now = self.now();
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, d) in run.deliveries.iter().enumerate() {
+        for (i, d) in run.deliveries().iter().enumerate() {
             if !d.is_due(now) {
                 continue;
             }
@@ -498,7 +499,7 @@ impl Scheduler {
         while let Some(joined) = tasks.join_next().await {
             let Ok((i, outcome)) = joined else { continue };
             let now = self.now();
-            let Some(d) = run.deliveries.get_mut(i) else {
+            let Some(d) = run.deliveries().get(i) else {
                 continue;
             };
             match outcome {
@@ -509,11 +510,11 @@ impl Scheduler {
                         delivery::next_attempt(now, d.attempts.len() + 1, &o, &ds)
                     };
                     if o.succeeded {
-                        tracing::info!(run_id = %run.id, url = %redact_url(&d.url), "callback delivered");
+                        tracing::info!(run_id = %run.id(), url = %redact_url(&d.url), "callback delivered");
                     } else if next.is_none() {
-                        tracing::warn!(run_id = %run.id, url = %redact_url(&d.url), "callback dead after last attempt");
+                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), "callback dead after last attempt");
                     }
-                    d.record(o.attempt, o.succeeded, next);
+                    run.record_attempt(i, o.attempt, o.succeeded, next);
                 }
                 None => {
                     let attempt = crate::run::Attempt {
@@ -523,7 +524,7 @@ impl Scheduler {
                         error: Some("callback is no longer configured for this route".into()),
                         response: None,
                     };
-                    d.record(attempt, false, None);
+                    run.record_attempt(i, attempt, false, None);
                 }
             }
         }

@@ -149,7 +149,7 @@ async fn a_failed_save_after_the_vendor_call_is_retried_not_the_call() {
     // begin_start saves; the vendor is called; the next 3 saves fail.
     let (s, store, vendor, run) = setup(dir.path(), &[false, true, true, true]).await;
     let t0 = std::time::Instant::now();
-    s.step(run.due_at.unwrap(), run.id).await;
+    s.step(run.due_at().unwrap(), run.id()).await;
     let took = t0.elapsed();
     assert_eq!(
         vendor.starts.load(Ordering::SeqCst),
@@ -157,9 +157,9 @@ async fn a_failed_save_after_the_vendor_call_is_retried_not_the_call() {
         "start not repeated"
     );
     assert_eq!(store.saves.load(Ordering::SeqCst), 5);
-    let saved = store.get_run(run.id).unwrap().unwrap();
-    assert_eq!(saved.phase, Phase::Tracking);
-    assert_eq!(saved.vendor_run_id.as_deref(), Some("v1"));
+    let saved = store.get_run(run.id()).unwrap().unwrap();
+    assert_eq!(saved.phase(), Phase::Tracking);
+    assert_eq!(saved.vendor_run_id().as_deref(), Some("v1"));
     // 100 + 200 + 400 ms, +-30 %: backoff, not a tight loop.
     assert!(took >= Duration::from_millis(450), "retried after {took:?}");
     assert_eq!(s.unpersisted().0, 0);
@@ -175,7 +175,7 @@ async fn a_start_whose_intent_cannot_be_saved_calls_no_vendor() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         stopper.stopping.cancel();
     });
-    s.step(run.due_at.unwrap(), run.id).await;
+    s.step(run.due_at().unwrap(), run.id()).await;
     assert_eq!(
         vendor.starts.load(Ordering::SeqCst),
         0,
@@ -183,9 +183,9 @@ async fn a_start_whose_intent_cannot_be_saved_calls_no_vendor() {
     );
     let saves = store.saves.load(Ordering::SeqCst);
     assert!((1..=4).contains(&saves), "{saves} saves in 300 ms: backoff");
-    assert_eq!(s.unpersisted(), (1, vec![run.id]));
-    let stored = store.get_run(run.id).unwrap().unwrap();
-    assert_eq!(stored.phase, Phase::Accepted, "last durable state kept");
+    assert_eq!(s.unpersisted(), (1, vec![run.id()]));
+    let stored = store.get_run(run.id()).unwrap().unwrap();
+    assert_eq!(stored.phase(), Phase::Accepted, "last durable state kept");
 }
 
 fn obs(status: RunStatus, raw: &str) -> Observation {
@@ -328,7 +328,7 @@ impl Harness {
             now.plus(Duration::from_secs(24 * 3600)),
         );
         self.store.create_run(&run, None).await.unwrap();
-        run.id
+        run.id()
     }
 
     fn run(&self, id: RunId) -> Run {
@@ -338,7 +338,7 @@ impl Harness {
     /// Moves the clock to the run's due time and works it once.
     async fn step(&self, id: RunId) -> Run {
         let run = self.run(id);
-        let at = run.due_at.expect("run is due");
+        let at = run.due_at().expect("run is due");
         if at > self.now() {
             self.clock.store(at.0, Ordering::SeqCst);
         }
@@ -363,15 +363,15 @@ async fn a_run_goes_from_start_to_done_on_the_fake_clock() {
     let id = h.accept().await;
     let r = h.step(id).await;
     assert_eq!(
-        (r.phase, r.vendor_run_id.as_deref()),
+        (r.phase(), r.vendor_run_id().as_deref()),
         (Phase::Tracking, Some("v1"))
     );
-    let due = r.due_at.unwrap();
+    let due = r.due_at().unwrap();
     assert!(due > h.now(), "the next poll waits for poll_interval");
     let r = h.step(id).await;
-    assert_eq!(r.status, RunStatus::Running);
+    assert_eq!(r.status(), RunStatus::Running);
     let r = h.step(id).await;
-    assert_eq!((r.phase, r.status), (Phase::Done, RunStatus::Succeeded));
+    assert_eq!((r.phase(), r.status()), (Phase::Done, RunStatus::Succeeded));
     assert_eq!(h.calls(), ["start", "poll", "poll"]);
 }
 
@@ -389,10 +389,10 @@ async fn a_busy_start_is_retried_and_creates_one_run() {
     let h = Harness::new(v);
     let id = h.accept().await;
     let r = h.step(id).await;
-    assert_eq!((r.phase, r.start_unsure), (Phase::Starting, false));
-    assert!(r.last_error.unwrap().contains("active"));
+    assert_eq!((r.phase(), r.start_unsure()), (Phase::Starting, false));
+    assert!(r.last_error().as_ref().unwrap().contains("active"));
     let r = h.step(id).await;
-    assert_eq!(r.vendor_run_id.as_deref(), Some("v9"));
+    assert_eq!(r.vendor_run_id().as_deref(), Some("v9"));
     assert_eq!(
         h.calls(),
         ["start", "start"],
@@ -428,7 +428,7 @@ async fn an_interrupted_start_adopts_the_one_unowned_candidate() {
     h.store.save_run(&o).await.unwrap();
     let id = interrupted(&h).await;
     let r = h.step(id).await;
-    assert_eq!(r.vendor_run_id.as_deref(), Some("v_mine"));
+    assert_eq!(r.vendor_run_id().as_deref(), Some("v_mine"));
     assert_eq!(h.calls(), ["reconcile"], "adopted, not started again");
 }
 
@@ -437,7 +437,7 @@ async fn an_interrupted_start_with_no_candidate_starts_once() {
     let h = Harness::new(fake(false, CancelSupport::Vendor));
     let id = interrupted(&h).await;
     let r = h.step(id).await;
-    assert_eq!(r.vendor_run_id.as_deref(), Some("v1"));
+    assert_eq!(r.vendor_run_id().as_deref(), Some("v1"));
     assert_eq!(h.calls(), ["reconcile", "start"]);
 }
 
@@ -448,9 +448,9 @@ async fn an_ambiguous_start_fails_with_start_uncertain() {
     let h = Harness::new(v);
     let id = interrupted(&h).await;
     let r = h.step(id).await;
-    assert_eq!(r.status, RunStatus::Failed);
-    assert_eq!(r.error.unwrap()["code"], "start_uncertain");
-    assert!(r.vendor_run_id.is_none(), "never adopted");
+    assert_eq!(r.status(), RunStatus::Failed);
+    assert_eq!(r.error().as_ref().unwrap()["code"], "start_uncertain");
+    assert!(r.vendor_run_id().is_none(), "never adopted");
     assert_eq!(h.calls(), ["reconcile"]);
 }
 
@@ -463,21 +463,21 @@ async fn a_waiting_run_times_out_after_waiting_timeout() {
     h.step(id).await;
     let r = h.step(id).await;
     assert_eq!(
-        (r.status, r.waiting_since.is_some()),
+        (r.status(), r.waiting_since().is_some()),
         (RunStatus::Waiting, true)
     );
     for _ in 0..1000 {
         let r = h.run(id);
-        if r.phase != Phase::Tracking {
+        if r.phase() != Phase::Tracking {
             break;
         }
         h.advance(Duration::from_secs(30));
         h.step(id).await;
     }
     let r = h.run(id);
-    assert_eq!(r.status, RunStatus::TimedOut);
-    assert_eq!(r.error.unwrap()["code"], "WAITING_TIMED_OUT");
-    let waited = r.finished_at.unwrap().since(r.history[1].at);
+    assert_eq!(r.status(), RunStatus::TimedOut);
+    assert_eq!(r.error().as_ref().unwrap()["code"], "WAITING_TIMED_OUT");
+    let waited = r.finished_at().unwrap().since(r.history()[1].at);
     assert!(
         waited >= Duration::from_secs(600) && waited < Duration::from_secs(700),
         "{waited:?}"
@@ -499,10 +499,10 @@ async fn cancel_pending_then_canceled_and_local_only_cancel() {
     run.request_cancel(h.now()).unwrap();
     h.store.save_run(&run).await.unwrap();
     let r = h.step(id).await;
-    assert_eq!(r.cancel.as_ref().unwrap().phase, CancelPhase::Pending);
+    assert_eq!(r.cancel().as_ref().unwrap().phase, CancelPhase::Pending);
     h.step(id).await;
     let r = h.step(id).await;
-    assert_eq!((r.status, r.phase), (RunStatus::Canceled, Phase::Done));
+    assert_eq!((r.status(), r.phase()), (RunStatus::Canceled, Phase::Done));
     assert_eq!(h.calls(), ["start", "cancel", "poll", "poll"]);
 
     let h = Harness::new(fake(true, CancelSupport::LocalOnly));
@@ -512,9 +512,9 @@ async fn cancel_pending_then_canceled_and_local_only_cancel() {
     run.request_cancel(h.now()).unwrap();
     h.store.save_run(&run).await.unwrap();
     let r = h.step(id).await;
-    assert_eq!(r.status, RunStatus::Canceled);
-    assert!(r.cancel.unwrap().local_only);
-    assert_eq!(r.error.unwrap()["code"], "CANCELED_LOCALLY");
+    assert_eq!(r.status(), RunStatus::Canceled);
+    assert!(r.cancel().as_ref().unwrap().local_only);
+    assert_eq!(r.error().as_ref().unwrap()["code"], "CANCELED_LOCALLY");
     assert_eq!(h.calls(), ["start"], "no vendor cancel exists");
 }
 
@@ -529,10 +529,10 @@ async fn an_unknown_status_counts_as_running_and_is_flagged_once() {
     h.step(id).await;
     let r = h.step(id).await;
     assert_eq!(
-        (r.status, r.raw_status.as_deref()),
+        (r.status(), r.raw_status().as_deref()),
         (RunStatus::Running, Some("paused_for_lunch"))
     );
-    assert!(r.unknown_status_logged);
+    assert!(r.unknown_status_logged());
 }
 
 #[tokio::test]
@@ -547,6 +547,6 @@ async fn a_vendor_that_forgot_the_run_ends_it_failed() {
     let id = h.accept().await;
     h.step(id).await;
     let r = h.step(id).await;
-    assert_eq!(r.status, RunStatus::Failed);
-    assert_eq!(r.error.unwrap()["code"], "VENDOR_RUN_NOT_FOUND");
+    assert_eq!(r.status(), RunStatus::Failed);
+    assert_eq!(r.error().as_ref().unwrap()["code"], "VENDOR_RUN_NOT_FOUND");
 }

@@ -40,24 +40,24 @@ impl Store for MemoryStore {
             if let Some(id) = g.dedupe.get(&k) {
                 return Ok(Created::Duplicate(*id));
             }
-            g.dedupe.insert(k, run.id);
+            g.dedupe.insert(k, run.id());
         }
-        g.runs.insert(run.id, run.clone());
-        if let Some(at) = run.due_at {
-            g.due.insert((at, run.id));
+        g.runs.insert(run.id(), run.clone());
+        if let Some(at) = run.due_at() {
+            g.due.insert((at, run.id()));
         }
         Ok(Created::New)
     }
 
     async fn save_run(&self, run: &Run) -> Result<(), StoreError> {
         let mut g = self.lock();
-        if let Some(old) = g.runs.insert(run.id, run.clone()) {
-            if let Some(at) = old.due_at {
-                g.due.remove(&(at, run.id));
+        if let Some(old) = g.runs.insert(run.id(), run.clone()) {
+            if let Some(at) = old.due_at() {
+                g.due.remove(&(at, run.id()));
             }
         }
-        if let Some(at) = run.due_at {
-            g.due.insert((at, run.id));
+        if let Some(at) = run.due_at() {
+            g.due.insert((at, run.id()));
         }
         Ok(())
     }
@@ -71,9 +71,9 @@ impl Store for MemoryStore {
         Ok(g.runs
             .values()
             .rev()
-            .filter(|r| q.before.is_none_or(|b| r.id < b))
-            .filter(|r| q.route.as_ref().is_none_or(|x| &r.route == x))
-            .filter(|r| q.status.is_none_or(|s| r.status == s))
+            .filter(|r| q.before.is_none_or(|b| r.id() < b))
+            .filter(|r| q.route.as_ref().is_none_or(|x| r.route() == x))
+            .filter(|r| q.status.is_none_or(|s| r.status() == s))
             .take(q.limit)
             .cloned()
             .collect())
