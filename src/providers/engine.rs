@@ -688,6 +688,70 @@ mod tests {
         }
     }
 
+    /// A 429 with `Retry-After` holds the whole provider off: a call for
+    /// another run made right after waits too.
+    #[tokio::test]
+    async fn a_429_with_retry_after_slows_every_run_of_the_provider() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let app = axum::Router::new().route(
+            "/workflow-runs/{id}",
+            axum::routing::get(move || {
+                let h = h.clone();
+                async move {
+                    if h.fetch_add(1, Ordering::SeqCst) == 0 {
+                        (
+                            axum::http::StatusCode::TOO_MANY_REQUESTS,
+                            [("retry-after", "1")],
+                            "{}",
+                        )
+                    } else {
+                        (
+                            axum::http::StatusCode::OK,
+                            [("retry-after", "0")],
+                            r#"{"status":"RUNNING"}"#,
+                        )
+                    }
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let e = engine(
+            "slate",
+            &VendorOptions::default(),
+            &format!("http://{addr}"),
+        );
+        let a = PollRequest {
+            workflow_id: "wf",
+            vendor_run_id: "a",
+        };
+        let b = PollRequest {
+            workflow_id: "wf",
+            vendor_run_id: "b",
+        };
+        match e.poll(a).await {
+            Err(ProviderError::Transient {
+                kind, retry_after, ..
+            }) => {
+                assert_eq!(
+                    (kind, retry_after),
+                    (FailureKind::RateLimited, Some(Duration::from_secs(1)))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let t0 = std::time::Instant::now();
+        assert!(e.poll(b).await.is_ok());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "held off {:?}",
+            t0.elapsed()
+        );
+    }
+
     #[test]
     fn token_never_in_debug() {
         let e = engine("slate", &VendorOptions::default(), "http://x");
