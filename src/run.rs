@@ -203,7 +203,9 @@ pub const EVENT_TYPES: [&str; 5] = [
 /// A callback URL and the event types it receives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
+    /// Where the callback goes.
     pub url: String,
+    /// Event types it receives.
     pub events: Vec<String>,
 }
 
@@ -212,11 +214,16 @@ pub struct Target {
 /// a `run.waiting` and the later `run.succeeded`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
+    /// The event's `webhook-id`.
     pub id: String,
+    /// `run.waiting`, `run.succeeded`...
     #[serde(rename = "type")]
     pub kind: String,
+    /// When it happened.
     pub at: Timestamp,
+    /// The run's status then.
     pub status: RunStatus,
+    /// The vendor's status then.
     pub raw_status: Option<String>,
 }
 
@@ -237,7 +244,9 @@ pub enum CancelPhase {
 /// An operator's cancel request and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CancelRequest {
+    /// When the operator asked.
     pub requested_at: Timestamp,
+    /// Where it stands.
     pub phase: CancelPhase,
     /// The vendor's reason for refusing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,8 +261,11 @@ pub struct CancelRequest {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("run {id}: cannot {what} in phase {phase:?}")]
 pub struct IllegalTransition {
+    /// The run.
     pub id: RunId,
+    /// Its phase, which does not allow the transition.
     pub phase: Phase,
+    /// The transition tried.
     pub what: &'static str,
 }
 

@@ -26,15 +26,20 @@ use std::time::Duration;
 /// What a start call needs.
 #[derive(Debug, Clone, Copy)]
 pub struct StartRequest<'a> {
+    /// Ours: the idempotency key and the body's `run_id` derive from it.
     pub run_id: RunId,
+    /// The vendor's workflow.
     pub workflow_id: &'a str,
+    /// The route's mapped inputs.
     pub inputs: &'a Value,
 }
 
 /// A started vendor run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Started {
+    /// The vendor's id of the new run (numbers as text).
     pub vendor_run_id: String,
+    /// The status in the start answer.
     pub observation: Observation,
 }
 
@@ -42,7 +47,9 @@ pub struct Started {
 /// workflow too).
 #[derive(Debug, Clone, Copy)]
 pub struct PollRequest<'a> {
+    /// The vendor's workflow.
     pub workflow_id: &'a str,
+    /// The vendor's run.
     pub vendor_run_id: &'a str,
 }
 
@@ -51,7 +58,9 @@ pub struct PollRequest<'a> {
 /// margin).
 #[derive(Debug, Clone, Copy)]
 pub struct ReconcileRequest<'a> {
+    /// The workflow whose runs are listed.
     pub workflow_id: &'a str,
+    /// When the first start attempt was recorded.
     pub since: Timestamp,
 }
 
@@ -97,6 +106,7 @@ pub struct Capabilities {
     pub idempotent_start: bool,
     /// Interrupted starts can be reconciled through a runs listing.
     pub reconcile: bool,
+    /// Whether cancel reaches the vendor.
     pub cancel: CancelSupport,
     /// Output comes from a separate request once a run succeeded.
     pub output_request: bool,

@@ -30,7 +30,9 @@ pub struct Description {
     /// Headers sent on every request (e.g. `X-Workspace-Id`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// How a run is created.
     pub start: StartSpec,
+    /// How a run's status is read.
     pub status: StatusSpec,
     /// Vendor statuses (compared case-insensitively) for each of ours.
     pub statuses: Statuses,
@@ -49,7 +51,9 @@ pub struct Description {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
+    /// Header name (`Authorization`, `Api-Key`, ...).
     pub header: String,
+    /// Text before the token (`Bearer `), empty for a bare key.
     #[serde(default)]
     pub prefix: String,
 }
@@ -75,8 +79,10 @@ fn get() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartSpec {
+    /// HTTP method (default `POST`).
     #[serde(default = "post")]
     pub method: String,
+    /// Path template after `base_url`.
     pub path: String,
     /// JSON body template; members whose placeholder has no value are left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,8 +106,10 @@ pub struct StartSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusSpec {
+    /// HTTP method (default `GET`).
     #[serde(default = "get")]
     pub method: String,
+    /// Path template after `base_url`.
     pub path: String,
     /// Pointers tried in order for the raw status.
     pub status: Vec<String>,
@@ -157,8 +165,10 @@ impl Statuses {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
+    /// HTTP method (default `GET`).
     #[serde(default = "get")]
     pub method: String,
+    /// Path template after `base_url`.
     pub path: String,
     /// Template over its answer.
     pub value: Value,
@@ -168,8 +178,10 @@ pub struct OutputSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CancelSpec {
+    /// HTTP method (default `POST`).
     #[serde(default = "post")]
     pub method: String,
+    /// Path template after `base_url`.
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
@@ -197,9 +209,10 @@ pub struct CancelSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListSpec {
+    /// HTTP method (default `GET`).
     #[serde(default = "get")]
     pub method: String,
-    /// Should ask for the newest runs first.
+    /// Path template; should ask for the newest runs first.
     pub path: String,
     /// Pointer to the array of runs.
     pub items: String,
@@ -220,24 +233,38 @@ fn default_skew() -> Duration {
 /// A request with its templates parsed.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// HTTP method.
     pub method: reqwest::Method,
+    /// Path template after `base_url` (values percent-encoded).
     pub path: Template,
+    /// JSON body template, if the request has a body.
     pub body: Option<Template>,
 }
 
 /// A description checked and parsed once, at config load.
 #[derive(Debug, Clone)]
 pub struct Compiled {
+    /// The description as written (what `--explain` prints).
     pub source: Description,
+    /// The start request.
     pub start: Request,
+    /// Where the start answer keeps the vendor run id.
     pub run_id: Vec<Pointer>,
+    /// The status request.
     pub status: Request,
+    /// Where a status answer keeps the raw status.
     pub status_at: Vec<Pointer>,
+    /// The output inside a status answer.
     pub output_at: Option<Template>,
+    /// The error inside a status answer.
     pub error_at: Option<Template>,
+    /// Raw status to ours.
     pub statuses: Vec<(String, RunStatus)>,
+    /// A separate output request and where its answer keeps the output.
     pub output: Option<(Request, Template)>,
+    /// The cancel request and where its answer keeps the result.
     pub cancel: Option<(Request, Option<Pointer>)>,
+    /// The listing request, its items, an item's id and creation time.
     pub list: Option<(Request, Pointer, Pointer, Vec<Pointer>)>,
 }
 
