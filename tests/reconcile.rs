@@ -127,3 +127,38 @@ async fn a_409_on_start_is_retried_until_accepted() {
     assert_eq!(f.core.runs().len(), 1);
     assert!(run["last_error"].is_null());
 }
+
+/// The cancel request is persisted before the vendor is asked: a SIGKILL
+/// while OnePin has not answered the cancel finishes it after restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_cut_off_by_sigkill_is_finished_after_restart() {
+    let f = FakeOnePin::start().await;
+    let rx = Receiver::start(CALLBACK_SECRET).await;
+    let mut d = daemon(&f, &rx, "wf_slow").await;
+    let id = d.trigger_json("r", &json!({})).await;
+    d.wait_run(&id, "running", |r| r["status"] == "running")
+        .await;
+    f.core.hold_cancels(true);
+    let (url, http) = (d.url(&format!("/runs/{id}/cancel")), d.http.clone());
+    let asked = tokio::spawn(async move { http.post(url).bearer_auth(ADMIN_TOKEN).send().await });
+    poll_until("the held cancel", DEADLINE, || async {
+        if f.core.held_cancels() >= 1 {
+            Ok(())
+        } else {
+            Err("none yet".to_string())
+        }
+    })
+    .await;
+    d.kill_9().await;
+    let _ = asked.await;
+    f.core.hold_cancels(false);
+    f.core.release();
+    d.restart().await;
+    let run = d.wait_done(&id).await;
+    assert_eq!(run["status"], "canceled", "{run}");
+    assert_eq!(run["cancel"]["phase"], "done", "{run}");
+    assert!(f
+        .core
+        .cancels()
+        .contains(&run["vendor_run_id"].as_str().unwrap().to_string()));
+}

@@ -61,6 +61,9 @@ pub struct CoreState {
     pub cancels: Vec<String>,
     pub next_id: u64,
     pub held: usize,
+    /// Cancels wait for a release before they take effect.
+    pub hold_cancels: bool,
+    pub held_cancels: usize,
 }
 
 /// The shared core of a fake vendor.
@@ -228,6 +231,29 @@ impl Core {
             .iter()
             .find(|r| r.id == id)
             .cloned()
+    }
+
+    /// Waits for a release when cancels are held (a crash test kills the
+    /// daemon meanwhile); true when the cancel may go on.
+    pub async fn cancel_gate(&self) -> bool {
+        let mut rx = self.release.subscribe();
+        {
+            let mut st = self.state.lock().unwrap();
+            if !st.hold_cancels {
+                return true;
+            }
+            st.held_cancels += 1;
+        }
+        let _ = rx.changed().await;
+        false
+    }
+
+    pub fn hold_cancels(&self, on: bool) {
+        self.state.lock().unwrap().hold_cancels = on;
+    }
+
+    pub fn held_cancels(&self) -> usize {
+        self.state.lock().unwrap().held_cancels
     }
 
     /// A cancel: `immediate` vendors cancel at once; others on the next

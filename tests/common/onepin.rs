@@ -116,6 +116,9 @@ async fn outputs(State(c): State<Core>, UrlPath((_wf, id)): UrlPath<(String, Str
 
 async fn cancel(State(c): State<Core>, UrlPath((_wf, id)): UrlPath<(String, String)>) -> Response {
     c.saw_request();
+    if !c.cancel_gate().await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "try again");
+    }
     match c.cancel(&id, true) {
         Some(_) => {
             Json(json!({"data": run_out(&c.get(&id).unwrap()), "meta": meta()})).into_response()
