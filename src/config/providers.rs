@@ -342,3 +342,76 @@ impl HttpSettings {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Settings;
+
+    fn problems(toml: &str) -> Vec<String> {
+        let cfg = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap();
+        match Settings::from_config(cfg) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.iter()
+                    .map(|p| format!("{}: {}", p.key, p.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn http_descriptions_and_vendor_keys_are_checked_with_key_paths() {
+        let bad = problems(
+            r#"
+            [providers.v]
+            kind = "http"
+            base_url = "http://x"
+            [providers.v.start]
+            path = "jobs"
+            run_id = ["uid"]
+            body = { a = "{{ inputs/x" }
+            [providers.v.status]
+            path = "/jobs/{{vendor_run_id}}"
+            status = []
+            [providers.v.statuses]
+            running = ["R"]
+            [providers.v.list]
+            path = "/jobs"
+            items = "/jobs"
+            id = "/id"
+            created_at = ["/t"]
+            clock_skew = "2h"
+            [providers.r]
+            kind = "retab"
+            token = "k123456"
+            api_shape = "v3"
+            [providers.s]
+            kind = "slate"
+            base_url = "http://x"
+            token = "k123456"
+            clock_skew = "5s"
+            rate_per_s = 0
+            "#,
+        );
+        let text = bad.join("\n");
+        for key in [
+            "providers.v.start.path",
+            "providers.v.start.run_id",
+            "providers.v.start.body",
+            "providers.v.status.status",
+            "providers.v.statuses",
+            "providers.v.list.clock_skew",
+            "providers.r.api_shape",
+            "providers.s.clock_skew",
+            "providers.s.rate_per_s",
+        ] {
+            assert!(
+                text.contains(&format!("{key}:")),
+                "{key} missing in:\n{text}"
+            );
+        }
+    }
+}
