@@ -226,13 +226,14 @@ impl Run {
         if obs.status.is_terminal() {
             return self.finish(now, obs, targets);
         }
-        let was_waiting = self.status == RunStatus::Waiting;
         self.observe_status(now, &obs);
-        if obs.status == RunStatus::Waiting && !was_waiting {
+        // A waiting spell begins at the first status check that shows it
+        // (also when the start answer already said waiting).
+        if obs.status != RunStatus::Waiting {
+            self.waiting_since = None;
+        } else if self.waiting_since.is_none() {
             self.waiting_since = Some(now);
             self.add_event(now, "run.waiting", targets);
-        } else if obs.status != RunStatus::Waiting {
-            self.waiting_since = None;
         }
         self.plan(now, Some(next_poll.min(self.deadline)));
         Ok(())

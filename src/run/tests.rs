@@ -249,6 +249,11 @@ fn a_waiting_spell_sends_one_event_with_its_own_id() {
     )
     .unwrap();
     assert!(r2.deliveries.is_empty());
+    assert_eq!(
+        r2.waiting_since,
+        Some(Timestamp(2_000)),
+        "a run that starts out waiting still gets its waiting limit"
+    );
 }
 
 /// A record as the previous version wrote it (no event ids, no cancel,
