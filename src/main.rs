@@ -57,7 +57,14 @@ enum Command {
     /// Run the daemon.
     Serve(ConfigArg),
     /// Check a configuration and print every problem with its key path.
-    CheckConfig(ConfigArg),
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the effective description of this provider, as a
+        /// pasteable `kind = "http"` provider.
+        #[arg(long, value_name = "PROVIDER")]
+        explain: Option<String>,
+    },
     /// Receive callbacks, verify their signatures and print them (demos, debugging).
     Receive {
         /// Address to listen on.
@@ -165,7 +172,30 @@ fn ignore_sigxfsz() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig(ConfigArg { config }) => match load(&config) {
+        Command::CheckConfig {
+            config: ConfigArg { config },
+            explain: Some(name),
+        } => match load(&config) {
+            Ok(s) => match s.providers.get(&name) {
+                Some(runbridge::config::ProviderSettings::Http(h)) => {
+                    print!("{}", h.explain(&name));
+                    ExitCode::SUCCESS
+                }
+                Some(_) => {
+                    eprintln!("provider {name:?} is simulated: it has no HTTP description");
+                    ExitCode::from(1)
+                }
+                None => {
+                    eprintln!("no provider {name:?} in {}", config.display());
+                    ExitCode::from(1)
+                }
+            },
+            Err(code) => code,
+        },
+        Command::CheckConfig {
+            config: ConfigArg { config },
+            explain: None,
+        } => match load(&config) {
             Ok(s) => {
                 println!(
                     "{}: ok ({} provider(s), {} route(s))",

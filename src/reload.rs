@@ -245,9 +245,9 @@ impl Reloader {
             let due = store.due(Timestamp(u64::MAX), usize::MAX, &|_| false)?;
             for (_, id) in due {
                 if let Some(run) = store.get_run(id)? {
-                    if run.phase != crate::run::Phase::Done {
-                        routes.insert(run.route);
-                        providers.insert(run.provider);
+                    if run.phase() != crate::run::Phase::Done {
+                        routes.insert(run.route().to_string());
+                        providers.insert(run.provider().to_string());
                     }
                 }
             }

@@ -32,7 +32,7 @@ impl Topology {
         let providers = settings
             .providers
             .iter()
-            .map(|(name, s)| (name.clone(), providers::build(s, client, &redactor)))
+            .map(|(name, s)| (name.clone(), providers::build(name, s, client, &redactor)))
             .collect();
         Topology {
             settings,
@@ -53,7 +53,11 @@ pub fn redactor(settings: &Settings) -> Redactor {
     }
     for p in settings.providers.values() {
         match p {
-            ProviderSettings::Slate(s) => secrets.push(s.token.expose().to_string()),
+            ProviderSettings::Http(s) => {
+                if let Some(t) = &s.token {
+                    secrets.push(t.expose().to_string())
+                }
+            }
             ProviderSettings::Simulated(_) => {}
         }
     }

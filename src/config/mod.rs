@@ -13,7 +13,7 @@ mod server;
 mod storage;
 
 pub use delivery::DeliverySettings;
-pub use providers::{ProviderSettings, SimulatedSettings, SlateSettings};
+pub use providers::{HttpSettings, ProviderSettings, SimulatedSettings};
 pub use routes::{CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings};
 pub use scheduler::SchedulerSettings;
 pub use server::{ServerSettings, TlsSettings};

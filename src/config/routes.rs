@@ -46,6 +46,9 @@ pub struct RouteSettings {
     pub dedupe_ttl: Duration,
     /// Overrides `scheduler.run_timeout`.
     pub run_timeout: Option<Duration>,
+    /// How long a run may wait for a person (vendor status `waiting`)
+    /// before it ends `timed_out`; `None`: only `run_timeout` applies.
+    pub waiting_timeout: Option<Duration>,
     /// Where run results are sent.
     pub callbacks: Vec<CallbackSettings>,
     /// The route's rate limit over verified requests (shared by every request).
@@ -87,6 +90,8 @@ pub struct CallbackSettings {
     pub url: String,
     /// The Standard Webhooks key callbacks are signed with.
     pub key: WebhookKey,
+    /// Event types this URL receives (default: the terminal ones).
+    pub events: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +116,8 @@ pub(super) struct RawRoute {
     dedupe_ttl: Duration,
     #[serde(default, with = "humantime_serde")]
     run_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    waiting_timeout: Option<Duration>,
     #[serde(default)]
     callbacks: Vec<RawCallback>,
 }
@@ -142,6 +149,7 @@ fn yes() -> bool {
 struct RawCallback {
     url: String,
     secret: RawSecret,
+    events: Option<Vec<String>>,
 }
 
 pub(super) fn check_route(
@@ -289,6 +297,10 @@ pub(super) fn check_route(
         positive(&format!("{key}.run_timeout"), t, p);
         bounded(&format!("{key}.run_timeout"), t, MAX_RUN_TIMEOUT, p);
     }
+    if let Some(t) = raw.waiting_timeout {
+        positive(&format!("{key}.waiting_timeout"), t, p);
+        bounded(&format!("{key}.waiting_timeout"), t, MAX_RUN_TIMEOUT, p);
+    }
     bounded(
         &format!("{key}.dedupe_ttl"),
         raw.dedupe_ttl,
@@ -315,8 +327,20 @@ pub(super) fn check_route(
                 None
             }
         });
+        let events: Vec<String> = match cb.events {
+            Some(list) => list,
+            None => crate::run::DEFAULT_EVENTS.map(String::from).to_vec(),
+        };
+        for e in &events {
+            if !crate::run::EVENT_TYPES.contains(&e.as_str()) {
+                p.add(
+                    format!("{ck}.events"),
+                    format!("{e:?} is not one of {}", crate::run::EVENT_TYPES.join(", ")),
+                );
+            }
+        }
         if let (Some(url), Some(key)) = (url, key) {
-            callbacks.push(CallbackSettings { url, key });
+            callbacks.push(CallbackSettings { url, key, events });
         }
     }
     if p.0.len() > before {
@@ -333,6 +357,7 @@ pub(super) fn check_route(
         dedupe_pointer,
         dedupe_ttl: raw.dedupe_ttl,
         run_timeout: raw.run_timeout,
+        waiting_timeout: raw.waiting_timeout,
         callbacks,
         limiter: Arc::new(RouteLimiter::new(limit, raw.over_limit.unwrap_or_default())),
     })

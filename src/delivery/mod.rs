@@ -7,7 +7,7 @@
 
 use crate::backoff::{honour_retry_after, parse_retry_after, spread};
 use crate::config::DeliverySettings;
-use crate::run::{Attempt, Run};
+use crate::run::{Attempt, Delivery, Run};
 use crate::signing::WebhookKey;
 use crate::time::Timestamp;
 use bytes::Bytes;
@@ -21,27 +21,44 @@ const MAX_RESPONSE: usize = 1024;
 /// The `User-Agent` of callbacks.
 pub const AGENT: &str = concat!("runbridge/", env!("CARGO_PKG_VERSION"));
 
-/// The callback event of a finished run.
-pub fn event_body(run: &Run) -> Bytes {
-    let event = json!({
-        "type": run.status.event_type(),
-        "timestamp": run.finished_at.unwrap_or(run.updated_at),
-        "data": {
-            "run_id": run.id.to_string(),
-            "route": run.route,
-            "provider": run.provider,
-            "workflow_id": run.workflow_id,
-            "vendor_run_id": run.vendor_run_id,
-            "status": run.status,
-            "raw_status": run.raw_status,
-            "output": run.output,
-            "error": run.error,
-            "created_at": run.created_at,
-            "started_at": run.started_at,
-            "finished_at": run.finished_at,
-            "delivery_id": run.delivery_id,
+/// The body of the event a delivery carries: the run's terminal event, or
+/// a `run.waiting` event as the run was when it began waiting. Every
+/// attempt of one delivery sends the same bytes.
+pub fn event_body(run: &Run, d: &Delivery) -> Bytes {
+    let (kind, at, status, raw_status, terminal) = match run.event_of(d) {
+        Some(e) if e.kind == "run.waiting" => {
+            (e.kind.as_str(), e.at, e.status, e.raw_status.clone(), false)
         }
+        _ => (
+            run.status().event_type(),
+            run.finished_at().unwrap_or(run.updated_at()),
+            run.status(),
+            run.raw_status().clone(),
+            true,
+        ),
+    };
+    let mut data = json!({
+        "run_id": run.id().to_string(),
+        "route": run.route(),
+        "provider": run.provider(),
+        "workflow_id": run.workflow_id(),
+        "vendor_run_id": run.vendor_run_id(),
+        "status": status,
+        "raw_status": raw_status,
+        "output": if terminal { run.output().clone() } else { None },
+        "error": if terminal { run.error().clone() } else { None },
+        "created_at": run.created_at(),
+        "started_at": run.started_at(),
+        "finished_at": if terminal { run.finished_at() } else { None },
+        "delivery_id": run.delivery_id(),
+        "event_id": d.webhook_id,
     });
+    if let (true, Some(c)) = (terminal, &run.cancel()) {
+        if c.local_only {
+            data["vendor_run_may_continue"] = json!(true);
+        }
+    }
+    let event = json!({"type": kind, "timestamp": at, "data": data});
     Bytes::from(serde_json::to_vec(&event).unwrap_or_default())
 }
 
@@ -236,15 +253,25 @@ mod tests {
                 raw_status: Some("COMPLETED".into()),
                 output: Some(json!({"x":1})),
                 error: None,
+                unknown: false,
             },
-            &["http://r".into()],
-        );
-        let a = event_body(&run);
-        assert_eq!(a, event_body(&run));
+            &[crate::run::Target {
+                url: "http://r".into(),
+                events: vec!["run.succeeded".into()],
+            }],
+        )
+        .unwrap();
+        let d = &run.deliveries()[0];
+        let a = event_body(&run, d);
+        assert_eq!(a, event_body(&run, d));
         let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
         assert_eq!(v["type"], "run.succeeded");
         assert_eq!(v["data"]["raw_status"], "COMPLETED");
         assert_eq!(v["data"]["delivery_id"], "d-1");
         assert_eq!(v["data"]["output"]["x"], 1);
+        assert_eq!(
+            v["data"]["event_id"],
+            format!("{}_1", run.id().webhook_id())
+        );
     }
 }

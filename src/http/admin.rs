@@ -2,18 +2,22 @@
 //! behind a bearer token. Handlers stay thin: auth, one store call, JSON.
 
 use super::error::ApiError;
-use crate::run::{Run, RunId, RunStatus};
+use crate::run::{CancelPhase, Phase, Run, RunId, RunStatus};
 use crate::secret::{redact_url, Redactor};
 use crate::signing::ct_eq;
 use crate::store::{RunQuery, Store};
+use crate::time::Timestamp;
 use crate::topology::SharedTopology;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// What the admin handlers need.
 #[derive(Clone)]
@@ -22,15 +26,103 @@ pub struct AdminState {
     pub topology: SharedTopology,
     /// Reloads the config file (`POST /reload`).
     pub reloader: Arc<crate::reload::Reloader>,
+    /// Wakes the scheduler (a cancel request is due at once).
+    pub wake: Arc<Notify>,
 }
 
-/// `GET /runs`, `GET /runs/{id}`, `POST /reload`.
+/// How long `POST /runs/{id}/cancel` waits for the vendor's answer before
+/// answering `202` with the cancel still in progress.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// `GET /runs`, `GET /runs/{id}`, `POST /runs/{id}/cancel`, `POST /reload`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/cancel", post(cancel_run))
         .route("/reload", post(reload))
         .with_state(state)
+}
+
+/// Persists a cancel request (so a crash mid-cancel finishes it after a
+/// restart), wakes the scheduler, which asks the vendor, and answers with
+/// what the vendor said: `200` canceled, `202` pending (or not yet
+/// answered), `409` refused with the vendor's reason or already ended.
+async fn cancel_run(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&state, &headers)?;
+    let Path(id) = id.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let run_id: RunId = id.parse().map_err(|_| ApiError::RunNotFound(id.clone()))?;
+    let load = |store: Arc<dyn Store>| async move {
+        tokio::task::spawn_blocking(move || store.get_run(run_id))
+            .await
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?
+            .map_err(ApiError::from)
+    };
+    let mut run = load(state.store.clone())
+        .await?
+        .ok_or(ApiError::RunNotFound(id.clone()))?;
+    if run.request_cancel(Timestamp::now()).is_err() {
+        return Ok(cancel_answer(&run));
+    }
+    state.store.save_run(&run).await?;
+    state.wake.notify_one();
+    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+    loop {
+        let settled = run
+            .cancel()
+            .as_ref()
+            .is_none_or(|c| c.phase != CancelPhase::Requested);
+        if settled || tokio::time::Instant::now() >= deadline {
+            return Ok(cancel_answer(&run));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Some(r) = load(state.store.clone()).await? {
+            run = r;
+        }
+    }
+}
+
+fn cancel_answer(run: &Run) -> (StatusCode, Json<Value>) {
+    let id = run.id().to_string();
+    let status = run.status().as_str();
+    match &run.cancel() {
+        Some(c) if c.phase == CancelPhase::Done || run.status() == RunStatus::Canceled => (
+            StatusCode::OK,
+            Json(json!({"run_id": id, "status": status, "cancel": "canceled",
+                "vendor_run_may_continue": c.local_only})),
+        ),
+        Some(c) if !run.is_unfinished() || run.phase() == Phase::Terminal => {
+            let _ = c;
+            (
+                StatusCode::CONFLICT,
+                Json(
+                    json!({"error": "run_ended", "message": format!("the run already ended {status}"), "run_id": id, "status": status}),
+                ),
+            )
+        }
+        Some(c) if c.phase == CancelPhase::Refused => (
+            StatusCode::CONFLICT,
+            Json(
+                json!({"error": "cancel_refused", "message": "the provider refused to cancel the run",
+                "run_id": id, "status": status, "vendor_reason": c.reason}),
+            ),
+        ),
+        Some(c) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"run_id": id, "status": status,
+                "cancel": if c.phase == CancelPhase::Pending { "pending" } else { "requested" }})),
+        ),
+        None => (
+            StatusCode::CONFLICT,
+            Json(
+                json!({"error": "run_ended", "message": format!("the run already ended {status}"), "run_id": id, "status": status}),
+            ),
+        ),
+    }
 }
 
 /// `POST /reload`: like SIGHUP, but answers with what happened: `200` with
@@ -92,7 +184,7 @@ fn present(run: &Run, redactor: &Redactor) -> Value {
     let v = redactor.scrub_json(serde_json::to_value(run).unwrap_or(Value::Null));
     // A receiver may echo its URL (with the token in its query) in an answer.
     let url_secrets = Redactor::new(
-        run.deliveries
+        run.deliveries()
             .iter()
             .flat_map(|d| url_secrets(&d.url))
             .collect::<Vec<_>>()
@@ -163,7 +255,7 @@ async fn list_runs(
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()))??;
     let next = (runs.len() == limit)
-        .then(|| runs.last().map(|r| r.id.to_string()))
+        .then(|| runs.last().map(|r| r.id().to_string()))
         .flatten();
     let redactor = state.topology.load().redactor.clone();
     let runs: Vec<Value> = runs.iter().map(|r| present(r, &redactor)).collect();
@@ -173,8 +265,7 @@ async fn list_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{Attempt, Observation, RunSpec};
-    use crate::time::Timestamp;
+    use crate::run::{Attempt, Observation, RunSpec, Target};
 
     #[test]
     fn runs_are_shown_without_url_tokens_or_known_secrets() {
@@ -192,10 +283,16 @@ mod tests {
                 raw_status: None,
                 output: Some(json!({"echo": "Bearer slat_secret_1"})),
                 error: None,
+                unknown: false,
             },
-            &[url.to_string()],
-        );
-        run.deliveries[0].record(
+            &[Target {
+                url: url.to_string(),
+                events: vec!["run.failed".into()],
+            }],
+        )
+        .unwrap();
+        run.record_attempt(
+            0,
             Attempt {
                 at: Timestamp(2_001),
                 duration_ms: 1,
@@ -214,6 +311,10 @@ mod tests {
             shown.contains("\"url\":\"https://h.example/cb?token=***&v=***\""),
             "{shown}"
         );
-        assert_eq!(run.deliveries[0].url, url, "the record keeps the full URL");
+        assert_eq!(
+            run.deliveries()[0].url,
+            url,
+            "the record keeps the full URL"
+        );
     }
 }

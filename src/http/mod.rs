@@ -374,6 +374,7 @@ pub fn router(st: EdgeState, with_ops: bool) -> Router {
     let admin = AdminState {
         store: st.store.clone(),
         topology: st.topology.clone(),
+        wake: st.wake.clone(),
         reloader: st.reloader.clone(),
     };
     let ops = if with_ops {

@@ -50,7 +50,7 @@ pub struct Gate {
 }
 
 fn ended(run: &Run) -> bool {
-    matches!(run.phase, Phase::Terminal | Phase::Done) || run.status.is_terminal()
+    matches!(run.phase(), Phase::Terminal | Phase::Done) || run.status().is_terminal()
 }
 
 impl Gate {
@@ -84,20 +84,20 @@ impl Gate {
             let Some(run) = store.get_run(id)? else {
                 continue;
             };
-            let Some(max) = limited.get(run.route.as_str()) else {
+            let Some(max) = limited.get(run.route()) else {
                 continue;
             };
             if ended(&run) {
                 continue;
             }
-            let running = run.phase != Phase::Accepted;
-            let c = st.routes.entry(run.route.clone()).or_default();
+            let running = run.phase() != Phase::Accepted;
+            let c = st.routes.entry(run.route().to_string()).or_default();
             c.unfinished += 1;
             c.running += usize::from(running);
             st.runs.insert(
                 id,
                 Tracked {
-                    route: run.route.clone(),
+                    route: run.route().to_string(),
                     max: *max,
                     running,
                 },
@@ -196,7 +196,7 @@ impl Store for GatedStore {
     async fn save_run(&self, run: &Run) -> Result<(), StoreError> {
         self.inner.save_run(run).await?;
         if ended(run) {
-            self.gate.end(run.id);
+            self.gate.end(run.id());
         }
         Ok(())
     }
@@ -288,7 +288,7 @@ over_limit = "queue"
         let now = Timestamp::now();
         let mut started = run(now);
         sled.create_run(&started, None).await.unwrap();
-        started.phase = Phase::Starting;
+        started.begin_start(now, now).unwrap();
         sled.save_run(&started).await.unwrap();
         for _ in 0..2 {
             sled.create_run(&run(now), None).await.unwrap();
@@ -301,9 +301,9 @@ over_limit = "queue"
         let seen = store.due(until, 10, &|_| false).unwrap();
         assert_eq!(seen.len(), 2, "the started run and one waiting run");
         assert_eq!(gate.running("r"), 2);
-        started.phase = Phase::Done;
-        started.status = RunStatus::Succeeded;
-        started.due_at = None;
+        let done = crate::run::Observation::local(RunStatus::Succeeded, None, None);
+        started.finish(now, done, &[]).unwrap();
+        assert_eq!(started.phase(), Phase::Done, "no callbacks: done at once");
         store.save_run(&started).await.unwrap();
         assert_eq!(gate.running("r"), 1);
         let seen = store.due(until, 10, &|_| false).unwrap();

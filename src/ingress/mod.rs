@@ -212,9 +212,8 @@ pub fn prepare(
         inputs,
         delivery_id,
     };
-    let mut run = Run::accepted(id, spec, now, deadline);
     // A queued run stays `accepted` and comes due at its turn in the rate.
-    run.due_at = Some(start_at);
+    let run = Run::accepted(id, spec, now, deadline).due_from(start_at);
     let in_flight = route
         .limiter
         .max_in_flight()
@@ -235,9 +234,9 @@ pub async fn persist(
     gate: &inflight::Gate,
     prepared: Prepared,
 ) -> Result<Accepted, IngressError> {
-    let id = prepared.run.id;
+    let id = prepared.run.id();
     if let Some((max, mode)) = prepared.in_flight {
-        if !gate.admit(&prepared.run.route, id, max, mode) {
+        if !gate.admit(prepared.run.route(), id, max, mode) {
             return Err(IngressError::RateLimited(Duration::from_secs(1)));
         }
     }

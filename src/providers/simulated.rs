@@ -3,7 +3,9 @@
 //! Stateless (the start time travels in the vendor run id), so it survives
 //! restarts like a real vendor would.
 
-use super::{PollRequest, Provider, ProviderError, StartRequest, Started};
+use super::{
+    CancelSupport, Capabilities, PollRequest, Provider, ProviderError, StartRequest, Started,
+};
 use crate::config::SimulatedSettings;
 use crate::run::{Observation, RunStatus};
 use crate::time::Timestamp;
@@ -46,6 +48,7 @@ impl Simulated {
                 raw_status: Some(raw.into()),
                 output,
                 error,
+                unknown: false,
             }
         } else if elapsed.saturating_mul(5) < total {
             queued()
@@ -55,6 +58,7 @@ impl Simulated {
                 raw_status: Some("RUNNING".into()),
                 output: None,
                 error: None,
+                unknown: false,
             }
         }
     }
@@ -66,11 +70,23 @@ fn queued() -> Observation {
         raw_status: Some("QUEUED".into()),
         output: None,
         error: None,
+        unknown: false,
     }
 }
 
 #[async_trait]
 impl Provider for Simulated {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // A repeated start restarts the clock; nothing is duplicated
+            // that anyone could observe.
+            idempotent_start: true,
+            reconcile: false,
+            cancel: CancelSupport::Vendor,
+            output_request: false,
+        }
+    }
+
     async fn start(&self, req: StartRequest<'_>) -> Result<Started, ProviderError> {
         // Nothing to deduplicate: a repeated start merely restarts the clock.
         let started = req.run_id.to_string();
@@ -88,8 +104,8 @@ impl Provider for Simulated {
             .next()
             .and_then(|s| s.parse::<u64>().ok())
             .map(Timestamp)
-            .ok_or_else(|| ProviderError::Rejected {
-                status: 404,
+            .ok_or_else(|| ProviderError::NotFound {
+                detail: "unknown simulated run".into(),
                 body: json!({"error": "unknown simulated run"}),
             })?;
         Ok(self.at(started, Timestamp::now(), req.vendor_run_id))

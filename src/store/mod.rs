@@ -5,6 +5,7 @@
 //! a backend type. Writes resolve only once durable, so a caller may
 //! acknowledge what a write covers as soon as it returns.
 
+pub mod memory;
 pub mod sled;
 
 use crate::run::{Run, RunId, RunStatus};

@@ -740,9 +740,9 @@ impl Store for SledStore {
         dedupe: Option<DedupeKey>,
     ) -> Result<Created, StoreError> {
         let op = Op::Create {
-            id: run.id,
+            id: run.id(),
             record: encode(run)?,
-            due: run.due_at,
+            due: run.due_at(),
             dedupe,
         };
         self.submit(op).await
@@ -750,9 +750,9 @@ impl Store for SledStore {
 
     async fn save_run(&self, run: &Run) -> Result<(), StoreError> {
         let op = Op::Save {
-            id: run.id,
+            id: run.id(),
             record: encode(run)?,
-            due: run.due_at,
+            due: run.due_at(),
         };
         self.submit(op).await.map(|_| ())
     }
@@ -778,10 +778,10 @@ impl Store for SledStore {
             }
             let (_, v) = item.map_err(backend)?;
             let run = decode(&v)?;
-            if q.route.as_ref().is_some_and(|r| *r != run.route) {
+            if q.route.as_ref().is_some_and(|r| *r != run.route()) {
                 continue;
             }
-            if q.status.is_some_and(|s| s != run.status) {
+            if q.status.is_some_and(|s| s != run.status()) {
                 continue;
             }
             out.push(run);
@@ -931,20 +931,20 @@ mod tests {
         let b = run_at(2_000);
         assert_eq!(
             store.create_run(&b, Some(dk)).await.unwrap(),
-            Created::Duplicate(a.id)
+            Created::Duplicate(a.id())
         );
         assert!(
-            store.get_run(b.id).unwrap().is_none(),
+            store.get_run(b.id()).unwrap().is_none(),
             "a duplicate writes nothing"
         );
         assert_eq!(
             store.due(Timestamp(5_000), 10, &|_| false).unwrap(),
-            vec![(Timestamp(1_000), a.id)]
+            vec![(Timestamp(1_000), a.id())]
         );
         assert_eq!(next_due(&store), Some(Timestamp(1_000)));
 
         let mut a2 = a.clone();
-        a2.begin_start(Timestamp(1_001), Timestamp(9_000));
+        a2.begin_start(Timestamp(1_001), Timestamp(9_000)).unwrap();
         store.save_run(&a2).await.unwrap();
         assert!(
             store
@@ -954,16 +954,19 @@ mod tests {
             "old due entry removed"
         );
         assert_eq!(next_due(&store), Some(Timestamp(9_000)));
-        assert_eq!(store.get_run(a.id).unwrap().unwrap().phase, Phase::Starting);
+        assert_eq!(
+            store.get_run(a.id()).unwrap().unwrap().phase(),
+            Phase::Starting
+        );
         assert!(
             store
-                .due(Timestamp(9_000), 10, &|id| id == a.id)
+                .due(Timestamp(9_000), 10, &|id| id == a.id())
                 .unwrap()
                 .is_empty(),
             "skip honoured"
         );
 
-        a2.due_at = None;
+        a2.force_due(None);
         store.save_run(&a2).await.unwrap();
         assert_eq!(next_due(&store), None);
         assert!(store
@@ -980,14 +983,19 @@ mod tests {
         {
             let store = SledStore::open(dir.path(), 1 << 20).unwrap();
             for i in 0..5 {
-                let mut r = run_at(1_000 + i);
-                r.route = if i % 2 == 0 {
-                    "even".into()
-                } else {
-                    "odd".into()
+                let route = if i % 2 == 0 { "even" } else { "odd" };
+                let spec = RunSpec {
+                    route: route.into(),
+                    ..RunSpec::example()
                 };
+                let r = Run::accepted(
+                    RunId::new(),
+                    spec,
+                    Timestamp(1_000 + i),
+                    Timestamp(1_000_000 + i),
+                );
                 store.create_run(&r, None).await.unwrap();
-                ids.push(r.id);
+                ids.push(r.id());
             }
             store.close().await.unwrap();
         }
@@ -998,7 +1006,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        let got: Vec<RunId> = all.iter().map(|r| r.id).collect();
+        let got: Vec<RunId> = all.iter().map(|r| r.id()).collect();
         let mut want = ids.clone();
         want.reverse();
         assert_eq!(got, want);
@@ -1034,7 +1042,7 @@ mod tests {
                 .unwrap()
                 .trees
                 .runs
-                .insert(orphan.id.to_bytes(), encode(&orphan).unwrap())
+                .insert(orphan.id().to_bytes(), encode(&orphan).unwrap())
                 .unwrap();
             // ...and one after a dedupe key but before its run.
             let dk = DedupeKey {
@@ -1057,7 +1065,7 @@ mod tests {
         let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
         assert_eq!(
             due,
-            vec![(Timestamp(1_000), orphan.id)],
+            vec![(Timestamp(1_000), orphan.id())],
             "due entry restored"
         );
         let retry = run_at(2_000);
@@ -1111,11 +1119,11 @@ mod tests {
             .unwrap()
             .trees
             .due
-            .insert(Timestamp(500), r.id)
+            .insert(Timestamp(500), r.id())
             .unwrap();
-        store.forget_due(Timestamp(500), r.id).await.unwrap();
+        store.forget_due(Timestamp(500), r.id()).await.unwrap();
         let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
-        assert_eq!(due, vec![(Timestamp(1_000), r.id)]);
+        assert_eq!(due, vec![(Timestamp(1_000), r.id())]);
     }
 
     #[tokio::test]
@@ -1146,11 +1154,14 @@ mod tests {
         }
         let later = run_at(3_000);
         store.create_run(&later, None).await.unwrap();
-        assert!(store.get_run(durable.id).unwrap().is_some());
+        assert!(store.get_run(durable.id()).unwrap().is_some());
         let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
         assert_eq!(
             due,
-            vec![(Timestamp(1_000), durable.id), (Timestamp(3_000), later.id)],
+            vec![
+                (Timestamp(1_000), durable.id()),
+                (Timestamp(3_000), later.id())
+            ],
             "due mirror reloaded from the reopened database"
         );
         store.close().await.unwrap();

@@ -12,7 +12,12 @@
 //! Every wait is a poll-until-deadline: sleeps only happen inside such loops.
 #![allow(dead_code)]
 
+pub mod altostrat;
+pub mod bridge;
 pub mod disk;
+pub mod fake;
+pub mod onepin;
+pub mod retab;
 pub mod service;
 pub mod vendor;
 

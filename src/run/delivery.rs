@@ -1,0 +1,107 @@
+//! Callbacks of a run: event types, targets, events with their own ids,
+//! and one delivery per event and URL with every attempt.
+
+use super::RunStatus;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The event types a callback receives when it does not say.
+pub const DEFAULT_EVENTS: [&str; 4] = [
+    "run.succeeded",
+    "run.failed",
+    "run.canceled",
+    "run.timed_out",
+];
+
+/// Every event type a callback may subscribe to.
+pub const EVENT_TYPES: [&str; 5] = [
+    "run.waiting",
+    "run.succeeded",
+    "run.failed",
+    "run.canceled",
+    "run.timed_out",
+];
+
+/// A callback URL and the event types it receives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Where the callback goes.
+    pub url: String,
+    /// Event types it receives.
+    pub events: Vec<String>,
+}
+
+/// One event of a run, with its own id (its `webhook-id`, the same on
+/// every retry of that event), so receivers deduplicating on it keep both
+/// a `run.waiting` and the later `run.succeeded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The event's `webhook-id`.
+    pub id: String,
+    /// `run.waiting`, `run.succeeded`...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened.
+    pub at: Timestamp,
+    /// The run's status then.
+    pub status: RunStatus,
+    /// The vendor's status then.
+    pub raw_status: Option<String>,
+}
+
+/// State of one callback delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Succeeded,
+    Dead,
+}
+
+/// One HTTP attempt of a delivery, as operators need to see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at: Timestamp,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    /// The start of the receiver's answer, for debugging failed deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
+}
+
+/// The callback of this run to one configured URL, with every attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub url: String,
+    pub webhook_id: String,
+    pub state: DeliveryState,
+    pub attempts: Vec<Attempt>,
+    pub next_attempt_at: Option<Timestamp>,
+    /// The event this delivery carries; `None` in records written before
+    /// events had ids: the run's terminal event under `msg_<run id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+impl Delivery {
+    /// Records an attempt's outcome. `next` is when to try again, or `None`
+    /// when the schedule is exhausted (the delivery becomes `dead`).
+    pub fn record(&mut self, attempt: Attempt, succeeded: bool, next: Option<Timestamp>) {
+        self.attempts.push(attempt);
+        if succeeded {
+            self.state = DeliveryState::Succeeded;
+            self.next_attempt_at = None;
+        } else if let Some(at) = next {
+            self.next_attempt_at = Some(at);
+        } else {
+            self.state = DeliveryState::Dead;
+            self.next_attempt_at = None;
+        }
+    }
+
+    /// Whether this delivery should be attempted at `now`.
+    pub fn is_due(&self, now: Timestamp) -> bool {
+        self.state == DeliveryState::Pending && self.next_attempt_at.is_some_and(|t| t <= now)
+    }
+}
