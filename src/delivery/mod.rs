@@ -13,10 +13,44 @@ use crate::time::Timestamp;
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+pub mod guard;
 
 /// Largest part of a receiver's answer kept with an attempt.
 const MAX_RESPONSE: usize = 1024;
+
+/// Bytes of receivers' answers read since start: shows that a huge answer
+/// is cut at `delivery.max_response_bytes` (also the metric
+/// `runbridge_response_bytes_read_total{from="receiver"}`).
+pub static RESPONSE_BYTES_READ: AtomicU64 = AtomicU64::new(0);
+
+/// Reads at most `max` bytes of `resp`'s body, chunk by chunk, counting
+/// them in `counter`; the rest is never read (the connection is dropped),
+/// so an endless answer cannot exhaust memory. A body cut short or broken
+/// midway keeps what was read.
+pub async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: u64,
+    counter: &AtomicU64,
+    from: &'static str,
+) -> Vec<u8> {
+    let cap = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    while out.len() < cap {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) | Err(_) => break,
+        };
+        let take = chunk.len().min(cap - out.len());
+        out.extend_from_slice(&chunk[..take]);
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        metrics::counter!("runbridge_response_bytes_read_total", "from" => from)
+            .increment(chunk.len() as u64);
+    }
+    out
+}
 
 /// The `User-Agent` of callbacks.
 pub const AGENT: &str = concat!("runbridge/", env!("CARGO_PKG_VERSION"));
@@ -71,6 +105,8 @@ pub struct Outcome {
     pub retry_after: Option<Duration>,
     /// 410 Gone: the receiver wants no more attempts.
     pub gone: bool,
+    /// The destination was refused (see [`guard`]): terminal, never retried.
+    pub refused: bool,
 }
 
 /// Sends one signed attempt. Only a 2xx counts as delivered; redirects are
@@ -81,11 +117,16 @@ pub async fn attempt(
     key: &WebhookKey,
     webhook_id: &str,
     body: Bytes,
-    timeout: Duration,
+    s: &DeliverySettings,
 ) -> Outcome {
+    let timeout = s.timeout;
     let at = Timestamp::now();
-    let signature = key.sign(webhook_id, at.unix_seconds(), &body);
     let started = Instant::now();
+    // IP literals never reach the guarded resolver: check them here.
+    if let Err(r) = guard::check_literal(url, &s.allow_destinations) {
+        return refused(at, started, r);
+    }
+    let signature = key.sign(webhook_id, at.unix_seconds(), &body);
     let result = client
         .post(url)
         .timeout(timeout)
@@ -105,10 +146,10 @@ pub async fn attempt(
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let text = resp.bytes().await.ok().map(|b| {
-                let end = b.len().min(MAX_RESPONSE);
-                String::from_utf8_lossy(&b[..end]).into_owned()
-            });
+            let b =
+                read_bounded(resp, s.max_response_bytes, &RESPONSE_BYTES_READ, "receiver").await;
+            let end = b.len().min(MAX_RESPONSE);
+            let text = Some(String::from_utf8_lossy(&b[..end]).into_owned());
             let succeeded = (200..300).contains(&code);
             Outcome {
                 attempt: Attempt {
@@ -121,9 +162,13 @@ pub async fn attempt(
                 succeeded,
                 retry_after,
                 gone: code == 410,
+                refused: false,
             }
         }
         Err(e) => {
+            if let Some(r) = guard::refusal_of(&e) {
+                return refused(at, started, r);
+            }
             let kind = if e.is_timeout() {
                 format!("timed out after {}", humantime::format_duration(timeout))
             } else if e.is_connect() {
@@ -148,9 +193,37 @@ pub async fn attempt(
                 succeeded: false,
                 retry_after: None,
                 gone: false,
+                refused: false,
             }
         }
     }
+}
+
+/// The outcome of a refused destination: nothing was sent.
+fn refused(at: Timestamp, started: Instant, r: guard::Refused) -> Outcome {
+    Outcome {
+        attempt: Attempt {
+            at,
+            duration_ms: started.elapsed().as_millis() as u64,
+            status_code: None,
+            error: Some(r.to_string()),
+            response: None,
+        },
+        succeeded: false,
+        retry_after: None,
+        gone: false,
+        refused: true,
+    }
+}
+
+/// The client for callbacks: like the providers' client, plus the SSRF
+/// guard in its resolver, so every name is checked where it is connected.
+pub fn callback_client(
+    base: reqwest::ClientBuilder,
+    allow: guard::AllowSource,
+) -> reqwest::Result<reqwest::Client> {
+    base.dns_resolver(std::sync::Arc::new(guard::GuardedResolver::new(allow)))
+        .build()
 }
 
 /// When to try again after `made` failed attempts, or `None` when the
@@ -161,7 +234,7 @@ pub fn next_attempt(
     outcome: &Outcome,
     s: &DeliverySettings,
 ) -> Option<Timestamp> {
-    if outcome.gone {
+    if outcome.gone || outcome.refused {
         return None;
     }
     let delay = s.schedule.get(made)?;
@@ -188,6 +261,8 @@ mod tests {
             jitter: 0.0,
             timeout: Duration::from_secs(1),
             max_retry_after: Duration::from_secs(60),
+            allow_destinations: Vec::new(),
+            max_response_bytes: 65_536,
         }
     }
 
@@ -203,6 +278,7 @@ mod tests {
             succeeded: false,
             retry_after,
             gone,
+            refused: false,
         }
     }
 
