@@ -13,44 +13,12 @@ use crate::time::Timestamp;
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod guard;
 
 /// Largest part of a receiver's answer kept with an attempt.
 const MAX_RESPONSE: usize = 1024;
-
-/// Bytes of receivers' answers read since start: shows that a huge answer
-/// is cut at `delivery.max_response_bytes` (also the metric
-/// `runbridge_response_bytes_read_total{from="receiver"}`).
-pub static RESPONSE_BYTES_READ: AtomicU64 = AtomicU64::new(0);
-
-/// Reads at most `max` bytes of `resp`'s body, chunk by chunk, counting
-/// them in `counter`; the rest is never read (the connection is dropped),
-/// so an endless answer cannot exhaust memory. A body cut short or broken
-/// midway keeps what was read.
-pub async fn read_bounded(
-    mut resp: reqwest::Response,
-    max: u64,
-    counter: &AtomicU64,
-    from: &'static str,
-) -> Vec<u8> {
-    let cap = usize::try_from(max).unwrap_or(usize::MAX);
-    let mut out = Vec::new();
-    while out.len() < cap {
-        let chunk = match resp.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) | Err(_) => break,
-        };
-        let take = chunk.len().min(cap - out.len());
-        out.extend_from_slice(&chunk[..take]);
-        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        metrics::counter!("runbridge_response_bytes_read_total", "from" => from)
-            .increment(chunk.len() as u64);
-    }
-    out
-}
 
 /// The `User-Agent` of callbacks.
 pub const AGENT: &str = concat!("runbridge/", env!("CARGO_PKG_VERSION"));
@@ -146,8 +114,14 @@ pub async fn attempt(
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let b =
-                read_bounded(resp, s.max_response_bytes, &RESPONSE_BYTES_READ, "receiver").await;
+            let (b, _) = crate::read::bounded(
+                resp,
+                s.max_response_bytes,
+                &crate::read::RECEIVER_BYTES_READ,
+                "receiver",
+            )
+            .await
+            .unwrap_or_default();
             let end = b.len().min(MAX_RESPONSE);
             let text = Some(String::from_utf8_lossy(&b[..end]).into_owned());
             let succeeded = (200..300).contains(&code);
