@@ -259,6 +259,8 @@ pub struct Config {
     /// `delivery.allow_destinations`: loopback by default, since the test
     /// receivers listen there (the daemon's own default admits nothing).
     pub allow_destinations: Vec<String>,
+    /// `storage.retention`, when a test needs it short.
+    pub retention: Option<String>,
 }
 
 pub fn toml_str(s: &str) -> String {
@@ -285,6 +287,7 @@ impl Config {
             provider_timeout: "2s".into(),
             routes: Vec::new(),
             allow_destinations: vec!["127.0.0.0/8".into()],
+            retention: None,
         }
     }
 
@@ -315,7 +318,7 @@ shutdown_timeout = {shutdown}
 
 [storage]
 path = {db}
-
+{retention}
 [scheduler]
 poll_interval = {poll}
 poll_slowdown_after = "1h"
@@ -351,6 +354,11 @@ timeout = {ptimeout}
             base = toml_str(&self.slate_base),
             token = toml_str(SLATE_TOKEN),
             ptimeout = toml_str(&self.provider_timeout),
+            retention = self
+                .retention
+                .as_ref()
+                .map(|r| format!("retention = {}\n", toml_str(r)))
+                .unwrap_or_default(),
             allow = self
                 .allow_destinations
                 .iter()
