@@ -8,7 +8,7 @@ use crate::ingress::inflight::{Gate, GatedStore};
 use crate::scheduler::Scheduler;
 use crate::store::sled::SledStore;
 use crate::store::Store;
-use crate::topology::{self, Topology};
+use crate::topology::{self, SharedTopology, Topology};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,10 +45,10 @@ pub enum StartupError {
 /// the timeout; a healthy close takes milliseconds.
 const CLOSE_RESERVE: Duration = Duration::from_millis(250);
 
-/// The one outbound HTTP client: bounded timeouts, no redirects (a 3xx is a
-/// failed callback, and redirects would bypass future SSRF checks), no
-/// ambient proxies.
-pub fn http_client() -> Result<reqwest::Client, StartupError> {
+/// The outbound client settings shared by vendor calls and callbacks:
+/// bounded timeouts, no redirects (a 3xx is a failed call, and a redirect
+/// would bypass the SSRF guard), no ambient proxies.
+fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(60))
@@ -56,7 +56,25 @@ pub fn http_client() -> Result<reqwest::Client, StartupError> {
         .no_proxy()
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(crate::delivery::AGENT)
+}
+
+/// The client for vendor calls. Vendor base URLs are set by the operator,
+/// so this client has no SSRF guard (a vendor on the local network works).
+pub fn http_client() -> Result<reqwest::Client, StartupError> {
+    client_builder()
         .build()
+        .map_err(|e| StartupError::Client(e.to_string()))
+}
+
+/// The client for callbacks, whose URLs users configure: its resolver
+/// refuses special-purpose addresses unless the current topology's
+/// `delivery.allow_destinations` admits them (read per lookup, so a reload
+/// applies).
+pub fn callback_client(topology: &SharedTopology) -> Result<reqwest::Client, StartupError> {
+    let topology = topology.clone();
+    let allow: crate::delivery::guard::AllowSource =
+        Arc::new(move || topology.load().settings.delivery.allow_destinations.clone());
+    crate::delivery::callback_client(client_builder(), allow)
         .map_err(|e| StartupError::Client(e.to_string()))
 }
 
@@ -217,7 +235,7 @@ pub async fn run(
     let scheduler = Scheduler::new(
         store.clone(),
         topology.clone(),
-        client,
+        callback_client(&topology)?,
         wake,
         health.clone(),
     );

@@ -15,6 +15,7 @@ pub mod http;
 pub mod ingress;
 pub mod limit;
 pub mod providers;
+pub mod read;
 pub mod receiver;
 pub mod reload;
 pub mod run;

@@ -113,6 +113,8 @@ schedule = [{s0}, {s1}, {s1}]
 jitter = {jitter}
 timeout = {dtimeout}
 max_retry_after = {mra}
+# The test receiver listens on loopback, refused by default.
+allow_destinations = ["127.0.0.0/8"]
 
 [providers.slate]
 kind = "slate"

@@ -187,6 +187,7 @@ fn outcome(retry_after: Option<Duration>, gone: bool) -> Outcome {
         succeeded: false,
         retry_after,
         gone,
+        refused: false,
     }
 }
 

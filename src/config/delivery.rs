@@ -1,6 +1,8 @@
 //! `[delivery]`: the callback retry schedule and per-attempt limits.
 
-use super::{bounded, positive, Problems};
+use super::{bounded, bounded_size, positive, Problems};
+use bytesize::ByteSize;
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -13,6 +15,12 @@ pub const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest `delivery.max_retry_after` (24 h).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 
+/// Largest `delivery.max_response_bytes` (16 MiB): a receiver's answer is
+/// only kept for debugging, never needed whole.
+pub const MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// Most entries in `delivery.allow_destinations`.
+pub const MAX_ALLOW_DESTINATIONS: usize = 256;
+
 /// `[delivery]`
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -20,6 +28,11 @@ pub struct DeliverySettings {
     pub jitter: f64,
     pub timeout: Duration,
     pub max_retry_after: Duration,
+    /// Special-purpose networks (loopback, private...) callbacks may reach
+    /// anyway; empty by default, so callbacks reach public addresses only.
+    pub allow_destinations: Vec<IpNet>,
+    /// How much of a receiver's answer is read; the rest is never read.
+    pub max_response_bytes: u64,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +44,8 @@ pub(super) struct RawDelivery {
     timeout: Duration,
     #[serde(with = "humantime_serde")]
     max_retry_after: Duration,
+    allow_destinations: Vec<String>,
+    max_response_bytes: ByteSize,
 }
 
 impl Default for RawDelivery {
@@ -43,6 +58,8 @@ impl Default for RawDelivery {
             jitter: 0.2,
             timeout: Duration::from_secs(15),
             max_retry_after: Duration::from_secs(3600),
+            allow_destinations: Vec::new(),
+            max_response_bytes: ByteSize::kib(64),
         }
     }
 }
@@ -81,10 +98,40 @@ pub(super) fn check_delivery(raw: RawDelivery, p: &mut Problems) -> DeliverySett
         MAX_RETRY_AFTER,
         p,
     );
+    let mut allow_destinations = Vec::new();
+    for (i, s) in raw.allow_destinations.iter().enumerate() {
+        // A bare address is a one-address network.
+        let parsed = s.parse::<IpNet>().or_else(|e| {
+            s.parse::<std::net::IpAddr>()
+                .map(IpNet::from)
+                .map_err(|_| e)
+        });
+        match parsed {
+            Ok(n) => allow_destinations.push(n.trunc()),
+            Err(e) => p.add(
+                format!("delivery.allow_destinations[{i}]"),
+                format!("{s:?} is not a CIDR network: {e}"),
+            ),
+        }
+    }
+    if raw.allow_destinations.len() > MAX_ALLOW_DESTINATIONS {
+        p.add(
+            "delivery.allow_destinations",
+            format!("has more than {MAX_ALLOW_DESTINATIONS} networks"),
+        );
+    }
+    bounded_size(
+        "delivery.max_response_bytes",
+        raw.max_response_bytes.as_u64(),
+        MAX_RESPONSE_BYTES,
+        p,
+    );
     DeliverySettings {
         schedule,
         jitter: raw.jitter,
         timeout: raw.timeout,
         max_retry_after: raw.max_retry_after,
+        allow_destinations,
+        max_response_bytes: raw.max_response_bytes.as_u64(),
     }
 }

@@ -387,7 +387,7 @@ pub(crate) fn bounded(key: &str, d: Duration, max: Duration, p: &mut Problems) {
 }
 
 /// Records a problem when a size (bytes) exceeds its documented maximum.
-fn bounded_size(key: &str, bytes: u64, max: u64, p: &mut Problems) {
+pub(crate) fn bounded_size(key: &str, bytes: u64, max: u64, p: &mut Problems) {
     if bytes > max {
         p.add(
             key,

@@ -3,18 +3,24 @@
 //! [`HttpSettings`]: a connection plus an API description, the vendors'
 //! descriptions coming from their presets in `src/providers/presets/`.
 
-use super::{bounded, check_url, positive, secret, Problems, RawSecret};
+use super::{bounded, bounded_size, check_url, positive, secret, Problems, RawSecret};
 use crate::limit::{LimitSettings, RawLimit};
 use crate::providers::presets::{self, VendorOptions};
 use crate::providers::spec::{Compiled, Description};
 use crate::run::RunStatus;
 use crate::secret::Secret;
+use bytesize::ByteSize;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
 /// Largest provider `timeout` (5 min per vendor request).
 pub const MAX_PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest provider `max_response_bytes` (64 MiB per vendor answer).
+pub const MAX_VENDOR_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default provider `max_response_bytes`: vendor answers are small JSON.
+pub const DEFAULT_VENDOR_RESPONSE_BYTES: u64 = 1024 * 1024;
+
 /// Largest simulated `duration` (30 days, the longest run timeout).
 pub const MAX_SIMULATED_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
@@ -38,6 +44,9 @@ pub struct HttpSettings {
     /// `env:`/`file:` reference.
     pub token_ref: Option<String>,
     pub timeout: Duration,
+    /// How much of one vendor answer is read; a longer answer is cut there
+    /// (and is then not JSON), so a vendor cannot exhaust memory.
+    pub max_response_bytes: u64,
     pub limit: LimitSettings,
     /// The limit keys as written, for `--explain`.
     pub raw_limit: RawLimit,
@@ -78,6 +87,7 @@ pub(super) struct RawVendor {
     clock_skew: Option<Duration>,
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     timeout: Duration,
+    max_response_bytes: Option<ByteSize>,
     rate_per_s: Option<u32>,
     rate_per_min: Option<u32>,
     burst: Option<u32>,
@@ -92,6 +102,7 @@ pub(super) struct RawHttp {
     token: Option<RawSecret>,
     #[serde(default = "default_provider_timeout", with = "humantime_serde")]
     timeout: Duration,
+    max_response_bytes: Option<ByteSize>,
     rate_per_s: Option<u32>,
     rate_per_min: Option<u32>,
     burst: Option<u32>,
@@ -136,6 +147,7 @@ struct Connection<'a> {
     base_url: Option<String>,
     token: Option<&'a RawSecret>,
     timeout: Duration,
+    max_response_bytes: Option<ByteSize>,
     limit: RawLimit,
 }
 
@@ -156,6 +168,15 @@ fn http_settings(
         MAX_PROVIDER_TIMEOUT,
         p,
     );
+    let max_response_bytes = c
+        .max_response_bytes
+        .map_or(DEFAULT_VENDOR_RESPONSE_BYTES, |b| b.as_u64());
+    bounded_size(
+        &format!("{key}.max_response_bytes"),
+        max_response_bytes,
+        MAX_VENDOR_RESPONSE_BYTES,
+        p,
+    );
     let limit = c.limit.check(key, &mut |k, m| p.add(k, m));
     let api = desc.compile(&mut |k, m| p.add(format!("{key}.{k}"), m));
     let token = match token {
@@ -173,6 +194,7 @@ fn http_settings(
         token,
         token_ref,
         timeout: c.timeout,
+        max_response_bytes,
         limit,
         raw_limit: c.limit,
         api: api?,
@@ -206,6 +228,7 @@ pub(super) fn check_provider(
                 base_url: Some(h.base_url),
                 token: h.token.as_ref(),
                 timeout: h.timeout,
+                max_response_bytes: h.max_response_bytes,
                 limit: RawLimit {
                     rate_per_s: h.rate_per_s,
                     rate_per_min: h.rate_per_min,
@@ -266,6 +289,7 @@ pub(super) fn check_provider(
         base_url,
         token: Some(&v.token),
         timeout: v.timeout,
+        max_response_bytes: v.max_response_bytes,
         limit: RawLimit {
             rate_per_s: v.rate_per_s,
             rate_per_min: v.rate_per_min,
@@ -317,6 +341,10 @@ impl HttpSettings {
             "timeout".into(),
             humantime::format_duration(self.timeout).to_string().into(),
         );
+        if self.max_response_bytes != DEFAULT_VENDOR_RESPONSE_BYTES {
+            let n = i64::try_from(self.max_response_bytes).unwrap_or(i64::MAX);
+            table.insert("max_response_bytes".into(), n.into());
+        }
         let l = self.raw_limit;
         for (k, v) in [
             ("rate_per_s", l.rate_per_s.map(i64::from)),

@@ -15,6 +15,8 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+pub mod guard;
+
 /// Largest part of a receiver's answer kept with an attempt.
 const MAX_RESPONSE: usize = 1024;
 
@@ -71,6 +73,8 @@ pub struct Outcome {
     pub retry_after: Option<Duration>,
     /// 410 Gone: the receiver wants no more attempts.
     pub gone: bool,
+    /// The destination was refused (see [`guard`]): terminal, never retried.
+    pub refused: bool,
 }
 
 /// Sends one signed attempt. Only a 2xx counts as delivered; redirects are
@@ -81,11 +85,16 @@ pub async fn attempt(
     key: &WebhookKey,
     webhook_id: &str,
     body: Bytes,
-    timeout: Duration,
+    s: &DeliverySettings,
 ) -> Outcome {
+    let timeout = s.timeout;
     let at = Timestamp::now();
-    let signature = key.sign(webhook_id, at.unix_seconds(), &body);
     let started = Instant::now();
+    // IP literals never reach the guarded resolver: check them here.
+    if let Err(r) = guard::check_literal(url, &s.allow_destinations) {
+        return refused(at, started, r);
+    }
+    let signature = key.sign(webhook_id, at.unix_seconds(), &body);
     let result = client
         .post(url)
         .timeout(timeout)
@@ -105,10 +114,16 @@ pub async fn attempt(
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            let text = resp.bytes().await.ok().map(|b| {
-                let end = b.len().min(MAX_RESPONSE);
-                String::from_utf8_lossy(&b[..end]).into_owned()
-            });
+            let (b, _) = crate::read::bounded(
+                resp,
+                s.max_response_bytes,
+                &crate::read::RECEIVER_BYTES_READ,
+                "receiver",
+            )
+            .await
+            .unwrap_or_default();
+            let end = b.len().min(MAX_RESPONSE);
+            let text = Some(String::from_utf8_lossy(&b[..end]).into_owned());
             let succeeded = (200..300).contains(&code);
             Outcome {
                 attempt: Attempt {
@@ -121,9 +136,13 @@ pub async fn attempt(
                 succeeded,
                 retry_after,
                 gone: code == 410,
+                refused: false,
             }
         }
         Err(e) => {
+            if let Some(r) = guard::refusal_of(&e) {
+                return refused(at, started, r);
+            }
             let kind = if e.is_timeout() {
                 format!("timed out after {}", humantime::format_duration(timeout))
             } else if e.is_connect() {
@@ -148,9 +167,37 @@ pub async fn attempt(
                 succeeded: false,
                 retry_after: None,
                 gone: false,
+                refused: false,
             }
         }
     }
+}
+
+/// The outcome of a refused destination: nothing was sent.
+fn refused(at: Timestamp, started: Instant, r: guard::Refused) -> Outcome {
+    Outcome {
+        attempt: Attempt {
+            at,
+            duration_ms: started.elapsed().as_millis() as u64,
+            status_code: None,
+            error: Some(r.to_string()),
+            response: None,
+        },
+        succeeded: false,
+        retry_after: None,
+        gone: false,
+        refused: true,
+    }
+}
+
+/// The client for callbacks: like the providers' client, plus the SSRF
+/// guard in its resolver, so every name is checked where it is connected.
+pub fn callback_client(
+    base: reqwest::ClientBuilder,
+    allow: guard::AllowSource,
+) -> reqwest::Result<reqwest::Client> {
+    base.dns_resolver(std::sync::Arc::new(guard::GuardedResolver::new(allow)))
+        .build()
 }
 
 /// When to try again after `made` failed attempts, or `None` when the
@@ -161,7 +208,7 @@ pub fn next_attempt(
     outcome: &Outcome,
     s: &DeliverySettings,
 ) -> Option<Timestamp> {
-    if outcome.gone {
+    if outcome.gone || outcome.refused {
         return None;
     }
     let delay = s.schedule.get(made)?;
@@ -188,6 +235,8 @@ mod tests {
             jitter: 0.0,
             timeout: Duration::from_secs(1),
             max_retry_after: Duration::from_secs(60),
+            allow_destinations: Vec::new(),
+            max_response_bytes: 65_536,
         }
     }
 
@@ -203,6 +252,7 @@ mod tests {
             succeeded: false,
             retry_after,
             gone,
+            refused: false,
         }
     }
 

@@ -231,6 +231,11 @@ impl Store for GatedStore {
         self.inner.sweep_dedupe(now, budget).await
     }
 
+    async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError> {
+        // Finished runs hold no in-flight count: nothing to adjust.
+        self.inner.sweep_finished(before, budget).await
+    }
+
     fn fault(&self) -> Option<StoreFault> {
         self.inner.fault()
     }

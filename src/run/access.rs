@@ -187,6 +187,13 @@ impl Run {
         }
     }
 
+    /// Records a refused attempt of delivery `i` (see [`Delivery::refuse`]).
+    pub fn record_refused(&mut self, i: usize, attempt: Attempt) {
+        if let Some(d) = self.deliveries.get_mut(i) {
+            d.refuse(attempt);
+        }
+    }
+
     /// Replaces the due time (store repair tests only).
     #[cfg(test)]
     pub(crate) fn force_due(&mut self, at: Option<Timestamp>) {

@@ -56,6 +56,9 @@ pub enum DeliveryState {
     Pending,
     Succeeded,
     Dead,
+    /// The destination was refused by the SSRF guard: terminal, since
+    /// retrying the same URL would be refused again.
+    Refused,
 }
 
 /// One HTTP attempt of a delivery, as operators need to see it.
@@ -98,6 +101,13 @@ impl Delivery {
             self.state = DeliveryState::Dead;
             self.next_attempt_at = None;
         }
+    }
+
+    /// Records a refused attempt: nothing was sent, and none will be.
+    pub fn refuse(&mut self, attempt: Attempt) {
+        self.attempts.push(attempt);
+        self.state = DeliveryState::Refused;
+        self.next_attempt_at = None;
     }
 
     /// Whether this delivery should be attempted at `now`.

@@ -270,8 +270,9 @@ impl Scheduler {
         }
     }
 
-    /// Removes expired dedupe records in small slices until `cancel` fires,
-    /// so the dedupe tree stays bounded by `dedupe_ttl` worth of deliveries.
+    /// Removes expired dedupe records and finished runs past
+    /// `storage.retention` in small slices until `cancel` fires, so the
+    /// store stays bounded under steady load.
     pub async fn sweep(self: Arc<Self>, cancel: CancellationToken) {
         let mut next_sweep = tokio::time::Instant::now() + SWEEP_EVERY;
         loop {
@@ -295,6 +296,18 @@ impl Scheduler {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "expired dedupe records swept"),
                 Err(e) => tracing::warn!(error = %e, "dedupe sweep failed"),
+            }
+            // Retention: finished runs older than storage.retention, in a
+            // bounded slice per pass (read per pass, so a reload applies).
+            let retention = self.topology.load().settings.storage.retention;
+            let before = self.now().minus(retention);
+            match self.store.sweep_finished(before, SWEEP_BUDGET).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("runbridge_runs_removed_total").increment(n as u64);
+                    tracing::debug!(removed = n, "finished runs past retention removed");
+                }
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
             }
         }
     }

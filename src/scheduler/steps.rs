@@ -480,17 +480,15 @@ impl Scheduler {
                 .and_then(|r| r.callbacks.iter().find(|c| c.url == d.url))
                 .map(|c| c.key.clone());
             let body = delivery::event_body(run, d);
-            let (client, url, id, timeout) = (
+            let (client, url, id, ds) = (
                 self.client.clone(),
                 d.url.clone(),
                 d.webhook_id.clone(),
-                ds.timeout,
+                ds.clone(),
             );
             tasks.spawn(async move {
                 let outcome = match key {
-                    Some(key) => {
-                        Some(delivery::attempt(&client, &url, &key, &id, body, timeout).await)
-                    }
+                    Some(key) => Some(delivery::attempt(&client, &url, &key, &id, body, &ds).await),
                     None => None,
                 };
                 (i, outcome)
@@ -535,6 +533,12 @@ impl Scheduler {
                                 "callback attempt failed; will retry"
                             );
                         }
+                    } else if o.refused {
+                        metrics::counter!("runbridge_deliveries_total", "outcome" => "refused")
+                            .increment(1);
+                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback refused (destination not allowed); not retried");
+                        run.record_refused(i, o.attempt);
+                        continue;
                     } else {
                         let outcome = if o.gone { "gone" } else { "dead" };
                         metrics::counter!("runbridge_deliveries_total", "outcome" => outcome)

@@ -62,6 +62,9 @@ impl Store for Flaky {
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
         self.inner.sweep_dedupe(now, budget).await
     }
+    async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError> {
+        self.inner.sweep_finished(before, budget).await
+    }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await
     }

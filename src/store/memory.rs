@@ -2,7 +2,7 @@
 //! timing): the same contract as the sled store, nothing durable.
 
 use super::{Created, DedupeKey, RunQuery, Store, StoreError};
-use crate::run::{Run, RunId};
+use crate::run::{Phase, Run, RunId};
 use crate::time::Timestamp;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -106,6 +106,31 @@ impl Store for MemoryStore {
 
     async fn sweep_dedupe(&self, _now: Timestamp, _budget: usize) -> Result<usize, StoreError> {
         Ok(0)
+    }
+
+    async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError> {
+        let mut g = self.lock();
+        let old: Vec<RunId> = g
+            .runs
+            .values()
+            .filter(|r| r.phase() == Phase::Done && r.updated_at() <= before)
+            .take(budget)
+            .map(|r| r.id())
+            .collect();
+        for id in &old {
+            if let Some(run) = g.runs.remove(id) {
+                if let Some(at) = run.due_at() {
+                    g.due.remove(&(at, *id));
+                }
+                if let Some(d) = run.delivery_id() {
+                    let k = (run.route().to_string(), d.clone());
+                    if g.dedupe.get(&k) == Some(id) {
+                        g.dedupe.remove(&k);
+                    }
+                }
+            }
+        }
+        Ok(old.len())
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -111,6 +111,14 @@ pub trait Store: Send + Sync + 'static {
     /// sweep's cost per call is bounded. Returns how many were removed.
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError>;
 
+    /// Retention: removes finished runs (phase `done`) last changed at or
+    /// before `before`, with their due entries and the dedupe keys they
+    /// own, examining at most `budget` runs from where the previous call
+    /// stopped (wrapping at the end), so each pass costs a bounded amount
+    /// and the store stays flat under steady load. Unfinished runs are
+    /// never removed. Returns how many runs were removed.
+    async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError>;
+
     /// The current write fault, if the store cannot write right now.
     fn fault(&self) -> Option<StoreFault> {
         None

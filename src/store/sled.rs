@@ -72,6 +72,9 @@ enum Op {
     },
     /// Dedupe records seen expired by the sweeper: (key, stored value).
     ForgetDedupe(Vec<(sled::IVec, sled::IVec)>),
+    /// Finished runs past retention: (run key, stored record as seen), each
+    /// removed with its due entry and dedupe key only if still unchanged.
+    ForgetRuns(Vec<(sled::IVec, sled::IVec)>),
 }
 
 type Reply = oneshot::Sender<Result<Created, StoreError>>;
@@ -353,6 +356,8 @@ pub struct SledStore {
     shared: Arc<Shared>,
     /// Where the dedupe sweep continues.
     sweep_cursor: Mutex<Vec<u8>>,
+    /// Where the next retention pass continues (a run key).
+    retention_cursor: Mutex<Vec<u8>>,
     tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     unfinished_at_open: usize,
@@ -398,6 +403,7 @@ impl SledStore {
         Ok(SledStore {
             shared,
             sweep_cursor: Mutex::new(Vec::new()),
+            retention_cursor: Mutex::new(Vec::new()),
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![applier, flusher, recovery]),
             unfinished_at_open: unfinished,
@@ -509,6 +515,19 @@ struct RunMeta {
     id: RunId,
     phase: Phase,
     due_at: Option<Timestamp>,
+}
+
+/// The fields retention needs: when a finished run last changed, and the
+/// dedupe key it may own.
+#[derive(Deserialize)]
+struct RetentionMeta {
+    id: RunId,
+    route: String,
+    phase: Phase,
+    updated_at: Timestamp,
+    due_at: Option<Timestamp>,
+    #[serde(default)]
+    delivery_id: Option<String>,
 }
 
 fn apply_loop(
@@ -632,6 +651,38 @@ impl Trees {
                     if self.dedupe.get(key)?.as_ref() == Some(seen) {
                         self.dedupe.remove(key)?;
                     }
+                }
+                Ok(Created::New)
+            }
+            Op::ForgetRuns(seen) => {
+                for (key, record) in seen {
+                    // Only if unchanged since the sweeper saw it finished.
+                    if self.runs.get(key)?.as_ref() != Some(record) {
+                        continue;
+                    }
+                    let Ok(m) = serde_json::from_slice::<RetentionMeta>(record) else {
+                        continue;
+                    };
+                    if let Some(d) = &m.delivery_id {
+                        let dk = dedupe_key(&DedupeKey {
+                            route: m.route.clone(),
+                            delivery_id: d.clone(),
+                            expires_at: Timestamp(0),
+                        });
+                        // The key may belong to a newer run by now.
+                        let owner = self
+                            .dedupe
+                            .get(&dk)?
+                            .and_then(|v| parse_dedupe_value(&v))
+                            .map(|(id, _)| id);
+                        if owner == Some(m.id) {
+                            self.dedupe.remove(dk)?;
+                        }
+                    }
+                    if let Some(at) = m.due_at {
+                        self.due.remove(at, m.id)?;
+                    }
+                    self.runs.remove(key)?;
                 }
                 Ok(Created::New)
             }
@@ -852,6 +903,46 @@ impl Store for SledStore {
 
     async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError> {
         self.submit(Op::ForgetDue { at, id }).await.map(|_| ())
+    }
+
+    async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        {
+            let inner = self.inner()?;
+            let mut cursor = self
+                .retention_cursor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut seen = 0;
+            let mut last = None;
+            for item in inner.trees.runs.range(cursor.clone()..) {
+                if seen == budget {
+                    break;
+                }
+                seen += 1;
+                let (k, v) = item.map_err(backend)?;
+                // An undecodable record is kept: it may be a newer format.
+                if let Ok(m) = serde_json::from_slice::<RetentionMeta>(&v) {
+                    if m.phase == Phase::Done && m.updated_at <= before {
+                        old.push((k.clone(), v));
+                    }
+                }
+                last = Some(k);
+            }
+            *cursor = match last {
+                Some(k) if seen == budget => {
+                    let mut next = k.to_vec();
+                    next.push(0);
+                    next
+                }
+                _ => Vec::new(),
+            };
+        }
+        let removed = old.len();
+        if removed > 0 {
+            self.submit(Op::ForgetRuns(old)).await?;
+        }
+        Ok(removed)
     }
 
     fn fault(&self) -> Option<StoreFault> {
@@ -1106,6 +1197,91 @@ mod tests {
         assert_eq!(removed, 3, "d0, d2, d4 expired");
         assert_eq!(store.inner().unwrap().trees.dedupe.len(), 2);
         assert_eq!(store.sweep_dedupe(now, 10).await.unwrap(), 0);
+    }
+
+    /// A run accepted at `at` with dedupe key `d`, finished (phase `done`,
+    /// no callbacks) at `done_at` when given.
+    fn retained(at: u64, d: &str, done_at: Option<u64>) -> (Run, DedupeKey) {
+        let mut spec = RunSpec::example();
+        spec.delivery_id = Some(d.into());
+        let mut run = Run::accepted(RunId::new(), spec, Timestamp(at), Timestamp(at + 1_000_000));
+        if let Some(t) = done_at {
+            let obs = crate::run::Observation {
+                status: crate::run::RunStatus::Succeeded,
+                raw_status: None,
+                output: None,
+                error: None,
+                unknown: false,
+            };
+            run.finish(Timestamp(t), obs, &[]).unwrap();
+            assert_eq!(run.phase(), Phase::Done);
+        }
+        let dk = DedupeKey {
+            route: "r".into(),
+            delivery_id: d.into(),
+            expires_at: Timestamp(u64::MAX),
+        };
+        (run, dk)
+    }
+
+    #[tokio::test]
+    async fn retention_removes_old_finished_runs_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let old_done = retained(1_000, "old-done", Some(2_000));
+        let old_done2 = retained(1_100, "old-done-2", Some(3_000));
+        let new_done = retained(1_000, "new-done", Some(50_000));
+        let old_open = retained(1_000, "old-open", None);
+        for (run, dk) in [&old_done, &old_done2, &new_done, &old_open] {
+            store.create_run(run, Some(dk.clone())).await.unwrap();
+            store.save_run(run).await.unwrap();
+        }
+        let trees = store.inner().unwrap().trees.clone();
+        assert_eq!((trees.runs.len(), trees.dedupe.len()), (4, 4));
+        let due_before = trees.due.entries().len();
+
+        // Budget 1 per pass: the cursor moves on and wraps; four passes see
+        // every run once.
+        let before = Timestamp(10_000);
+        let mut removed = 0;
+        for _ in 0..4 {
+            removed += store.sweep_finished(before, 1).await.unwrap();
+        }
+        assert_eq!(removed, 2, "the two finished runs older than the cut-off");
+        for (run, _) in [&old_done, &old_done2] {
+            assert!(store.get_run(run.id()).unwrap().is_none());
+        }
+        for (run, _) in [&new_done, &old_open] {
+            assert!(store.get_run(run.id()).unwrap().is_some(), "kept");
+        }
+        assert_eq!(trees.runs.len(), 2);
+        assert_eq!(trees.dedupe.len(), 2, "their dedupe keys went with them");
+        assert!(trees.dedupe.contains_key(dedupe_key(&new_done.1)).unwrap());
+        assert!(trees.dedupe.contains_key(dedupe_key(&old_open.1)).unwrap());
+        assert_eq!(
+            trees.due.entries().len(),
+            due_before,
+            "the unfinished run keeps its due entry"
+        );
+        assert!(store
+            .due(Timestamp(u64::MAX), 10, &|_| false)
+            .unwrap()
+            .iter()
+            .all(|(_, id)| *id == old_open.0.id()));
+
+        // A later cut-off takes the newer finished run; the unfinished one
+        // is never removed, however old. (Two passes: the first may start where
+        // the last slice stopped, at the end, and wrap.)
+        let mut late = 0;
+        for _ in 0..2 {
+            late += store
+                .sweep_finished(Timestamp(u64::MAX), 100)
+                .await
+                .unwrap();
+        }
+        assert_eq!(late, 1);
+        assert!(store.get_run(old_open.0.id()).unwrap().is_some());
+        assert_eq!(trees.runs.len(), 1);
     }
 
     #[tokio::test]

@@ -66,6 +66,8 @@ schedule = ["0s", "100ms", "200ms", "300ms", "300ms", "300ms"]
 jitter = 0.0
 timeout = "2s"
 max_retry_after = "1s"
+# The test receivers listen on loopback, which the guard refuses by default.
+allow_destinations = ["127.0.0.0/8"]
 
 {provider}
 "#,

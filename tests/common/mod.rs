@@ -256,6 +256,11 @@ pub struct Config {
     pub max_retry_after: String,
     pub provider_timeout: String,
     pub routes: Vec<RouteCfg>,
+    /// `delivery.allow_destinations`: loopback by default, since the test
+    /// receivers listen there (the daemon's own default admits nothing).
+    pub allow_destinations: Vec<String>,
+    /// `storage.retention`, when a test needs it short.
+    pub retention: Option<String>,
 }
 
 pub fn toml_str(s: &str) -> String {
@@ -281,6 +286,8 @@ impl Config {
             max_retry_after: "2s".into(),
             provider_timeout: "2s".into(),
             routes: Vec::new(),
+            allow_destinations: vec!["127.0.0.0/8".into()],
+            retention: None,
         }
     }
 
@@ -311,7 +318,7 @@ shutdown_timeout = {shutdown}
 
 [storage]
 path = {db}
-
+{retention}
 [scheduler]
 poll_interval = {poll}
 poll_slowdown_after = "1h"
@@ -326,6 +333,7 @@ schedule = [{schedule}]
 jitter = 0.0
 timeout = {dtimeout}
 max_retry_after = {mra}
+allow_destinations = [{allow}]
 
 [providers.slate]
 kind = "slate"
@@ -346,6 +354,17 @@ timeout = {ptimeout}
             base = toml_str(&self.slate_base),
             token = toml_str(SLATE_TOKEN),
             ptimeout = toml_str(&self.provider_timeout),
+            retention = self
+                .retention
+                .as_ref()
+                .map(|r| format!("retention = {}\n", toml_str(r)))
+                .unwrap_or_default(),
+            allow = self
+                .allow_destinations
+                .iter()
+                .map(|s| toml_str(s))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         for r in &self.routes {
             let n = &r.name;

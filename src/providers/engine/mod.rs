@@ -47,6 +47,8 @@ pub struct Engine {
     base_url: String,
     headers: HeaderMap,
     timeout: Duration,
+    /// How much of one answer is read (`max_response_bytes`).
+    max_response: u64,
     client: reqwest::Client,
     limiter: Arc<Limiter>,
     /// Scrubs vendor text before it is truncated (a cut could otherwise
@@ -195,6 +197,7 @@ impl Engine {
             base_url: s.base_url.trim_end_matches('/').to_string(),
             headers,
             timeout: s.timeout,
+            max_response: s.max_response_bytes,
             client,
             limiter: Arc::new(Limiter::new(s.limit)),
             redactor,
@@ -256,11 +259,23 @@ impl Engine {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = resp.bytes().await.map_err(|e| ProviderError::Transient {
+        // Read up to the bound only: an endless answer cannot exhaust
+        // memory. A cut answer is not JSON and is handled as text.
+        let (bytes, cut) = crate::read::bounded(
+            resp,
+            self.max_response,
+            &crate::read::VENDOR_BYTES_READ,
+            "vendor",
+        )
+        .await
+        .map_err(|e| ProviderError::Transient {
             kind: reqwest_kind(&e),
             detail: format!("reading response: {}", describe_reqwest(&e)),
             retry_after: None,
         })?;
+        if cut {
+            tracing::warn!(provider = %self.name, max_response_bytes = self.max_response, "vendor answer longer than max_response_bytes; cut there");
+        }
         let (body, json) = match serde_json::from_slice::<Value>(&bytes) {
             Ok(v) => (v, true),
             Err(_) => {

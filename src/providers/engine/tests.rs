@@ -14,6 +14,7 @@ fn engine(kind: &str, o: &VendorOptions, base: &str) -> Engine {
         token: Some(Secret::new("slat_1")),
         token_ref: None,
         timeout: Duration::from_secs(2),
+        max_response_bytes: 1024 * 1024,
         limit: Default::default(),
         raw_limit: Default::default(),
         api,
