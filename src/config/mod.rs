@@ -14,7 +14,9 @@ mod storage;
 
 pub use delivery::DeliverySettings;
 pub use providers::{HttpSettings, ProviderSettings, SimulatedSettings};
-pub use routes::{CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings};
+pub use routes::{
+    CallbackHeader, CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings,
+};
 pub use scheduler::SchedulerSettings;
 pub use server::{ServerSettings, TlsSettings};
 pub use storage::StorageSettings;

@@ -187,7 +187,7 @@ impl Scheduler {
                             let vid = mine.into_iter().next().unwrap_or_default();
                             tracing::info!(run_id = %run.id(), vendor_run_id = %vid, "interrupted start reconciled: adopting the vendor run");
                             let next = Self::next_poll(s, &run, now);
-                            let r = run.adopted(now, vid, next);
+                            let r = run.adopted(now, vid, next, &targets);
                             checked(&run, r);
                             return self.persist(&mut run).await;
                         }
@@ -239,7 +239,13 @@ impl Scheduler {
                 self.provider_answered(run.provider());
                 tracing::info!(run_id = %run.id(), vendor_run_id = %started.vendor_run_id, "run started");
                 let next = Self::next_poll(s, &run, now);
-                let r = run.started(now, started.vendor_run_id, started.observation, next);
+                let r = run.started(
+                    now,
+                    started.vendor_run_id,
+                    started.observation,
+                    next,
+                    &targets,
+                );
                 checked(&run, r);
             }
             Err(
@@ -478,7 +484,7 @@ impl Scheduler {
             }
             let key = route
                 .and_then(|r| r.callbacks.iter().find(|c| c.url == d.url))
-                .map(|c| c.key.clone());
+                .map(|c| (c.keys.clone(), delivery::header_map(&c.headers)));
             let body = delivery::event_body(run, d);
             let (client, url, id, timeout) = (
                 self.client.clone(),
@@ -488,9 +494,9 @@ impl Scheduler {
             );
             tasks.spawn(async move {
                 let outcome = match key {
-                    Some(key) => {
-                        Some(delivery::attempt(&client, &url, &key, &id, body, timeout).await)
-                    }
+                    Some((keys, headers)) => Some(
+                        delivery::attempt(&client, &url, &keys, &headers, &id, body, timeout).await,
+                    ),
                     None => None,
                 };
                 (i, outcome)
@@ -541,7 +547,12 @@ impl Scheduler {
                             .increment(1);
                         tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback dead after last attempt");
                     }
-                    run.record_attempt(i, o.attempt, o.succeeded, next);
+                    if o.gone {
+                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), "receiver answered 410 Gone; callback disabled for the rest of this run");
+                        run.callback_gone(i, o.attempt);
+                    } else {
+                        run.record_attempt(i, o.attempt, o.succeeded, next);
+                    }
                 }
                 None => {
                     let attempt = crate::run::Attempt {
