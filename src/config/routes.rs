@@ -4,6 +4,7 @@
 
 use super::scheduler::MAX_RUN_TIMEOUT;
 use super::{bounded, check_url, positive, secret, Problems, RawSecret};
+use crate::delivery::endpoint::{BreakerSettings, MAX_COOLDOWN};
 use crate::ingress::filter::{RawRule, Rule};
 use crate::ingress::limit::{OverLimit, RouteLimiter};
 use crate::ingress::verify::RawKind;
@@ -87,6 +88,8 @@ pub struct InputSettings {
 /// Most secrets one callback signs with (rotation needs two; a few more
 /// cost one HMAC each per attempt).
 pub const MAX_CALLBACK_SECRETS: usize = 8;
+/// Largest `breaker_failures`.
+pub const MAX_BREAKER_FAILURES: u32 = 1_000;
 /// Most custom headers on one callback.
 pub const MAX_CALLBACK_HEADERS: usize = 32;
 /// Headers a callback may not set: hop-by-hop headers (they describe one
@@ -137,6 +140,8 @@ pub struct CallbackSettings {
     /// The endpoint's limit (rate and `max_in_flight`), shared by every run
     /// delivering to this URL.
     pub limit: LimitSettings,
+    /// When the endpoint's breaker opens and for how long.
+    pub breaker: BreakerSettings,
 }
 
 #[derive(Deserialize)]
@@ -202,6 +207,9 @@ struct RawCallback {
     rate_per_min: Option<u32>,
     burst: Option<u32>,
     max_in_flight: Option<usize>,
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cooldown: Option<Duration>,
 }
 
 pub(super) fn check_route(
@@ -401,6 +409,27 @@ pub(super) fn check_route(
             max_in_flight: cb.max_in_flight,
         }
         .check(&ck, &mut |k, m| p.add(k, m));
+        let defaults = BreakerSettings::default();
+        let breaker = BreakerSettings {
+            failures: cb.breaker_failures.unwrap_or(defaults.failures),
+            cooldown: cb.breaker_cooldown.unwrap_or(defaults.cooldown),
+        };
+        if breaker.failures > MAX_BREAKER_FAILURES {
+            p.add(
+                format!("{ck}.breaker_failures"),
+                format!("must be between 0 (no breaker) and {MAX_BREAKER_FAILURES}"),
+            );
+        }
+        if let Some(c) = cb.breaker_cooldown {
+            positive(&format!("{ck}.breaker_cooldown"), c, p);
+            bounded(&format!("{ck}.breaker_cooldown"), c, MAX_COOLDOWN, p);
+            if cb.breaker_failures == Some(0) {
+                p.add(
+                    format!("{ck}.breaker_cooldown"),
+                    "has no effect with breaker_failures = 0",
+                );
+            }
+        }
         let events: Vec<String> = match cb.events {
             Some(list) => list,
             None => crate::run::DEFAULT_EVENTS.map(String::from).to_vec(),
@@ -421,6 +450,7 @@ pub(super) fn check_route(
                     events,
                     headers,
                     limit,
+                    breaker,
                 });
             }
         }

@@ -5,6 +5,8 @@
 //! sends the same bytes under the same `webhook-id`; only
 //! `webhook-timestamp` and the signature change per attempt.
 
+pub mod endpoint;
+
 use crate::backoff::{honour_retry_after, parse_retry_after, spread};
 use crate::config::DeliverySettings;
 use crate::run::{Attempt, Delivery, Run};

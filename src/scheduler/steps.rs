@@ -478,13 +478,23 @@ impl Scheduler {
         let route = topo.settings.routes.get(run.route());
         let now = self.now();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut held = Vec::new();
         for (i, d) in run.deliveries().iter().enumerate() {
             if !d.is_due(now) {
                 continue;
             }
-            let key = route
-                .and_then(|r| r.callbacks.iter().find(|c| c.url == d.url))
-                .map(|c| (c.keys.clone(), delivery::header_map(&c.headers)));
+            let cb = route.and_then(|r| r.callbacks.iter().find(|c| c.url == d.url));
+            let admitted = match cb {
+                Some(c) => match self.endpoints.admit(&d.url, &c.limit) {
+                    Ok(a) => Some(a),
+                    Err(wait) => {
+                        held.push((i, now.plus(wait)));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let key = cb.map(|c| (c.keys.clone(), delivery::header_map(&c.headers), c.breaker));
             let body = delivery::event_body(run, d);
             let (client, url, id, timeout) = (
                 self.client.clone(),
@@ -494,13 +504,21 @@ impl Scheduler {
             );
             tasks.spawn(async move {
                 let outcome = match key {
-                    Some((keys, headers)) => Some(
-                        delivery::attempt(&client, &url, &keys, &headers, &id, body, timeout).await,
-                    ),
+                    Some((keys, headers, breaker)) => {
+                        let o =
+                            delivery::attempt(&client, &url, &keys, &headers, &id, body, timeout)
+                                .await;
+                        drop(admitted);
+                        Some((o, breaker))
+                    }
                     None => None,
                 };
                 (i, outcome)
             });
+        }
+        for (i, until) in held {
+            metrics::counter!("runbridge_deliveries_total", "outcome" => "held").increment(1);
+            run.hold_delivery(i, until);
         }
         while let Some(joined) = tasks.join_next().await {
             let Ok((i, outcome)) = joined else { continue };
@@ -509,7 +527,10 @@ impl Scheduler {
                 continue;
             };
             match outcome {
-                Some(o) => {
+                Some((o, breaker)) => {
+                    // 410 is an answer, not an endpoint failure.
+                    self.endpoints
+                        .report(&d.url, o.succeeded || o.gone, &breaker);
                     let next = if o.succeeded {
                         None
                     } else {
@@ -570,6 +591,7 @@ impl Scheduler {
 
     pub(super) async fn deliver(&self, mut run: Run) -> Result<(), StoreError> {
         self.send_due(&mut run).await;
+        self.health.set_open_breakers(self.endpoints.open());
         run.replan(self.now());
         self.persist(&mut run).await
     }
