@@ -566,7 +566,9 @@ impl Scheduler {
                         let outcome = if o.gone { "gone" } else { "dead" };
                         metrics::counter!("runbridge_deliveries_total", "outcome" => outcome)
                             .increment(1);
-                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback dead after last attempt");
+                        if !o.gone {
+                            tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback dead after last attempt");
+                        }
                     }
                     if o.gone {
                         tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), "receiver answered 410 Gone; callback disabled for the rest of this run");
