@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// How long a delivery waits when the endpoint's `max_in_flight` is taken,
 /// or while the breaker's probe is out.
 pub const BUSY_HOLD: Duration = Duration::from_millis(200);
+/// After this long without a report on its probe (a step cut off at
+/// shutdown, a panicked task), another delivery may probe, so an endpoint
+/// can never stay held for good.
+pub const PROBE_EXPIRY: Duration = Duration::from_secs(120);
 /// Longest cool-down the growing breaker reaches.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
 
@@ -43,7 +47,8 @@ struct Breaker {
     consecutive: u32,
     open_until: Option<Instant>,
     cooldown: Duration,
-    probing: bool,
+    /// When the probe now out was admitted.
+    probing: Option<Instant>,
 }
 
 struct Endpoint {
@@ -82,7 +87,11 @@ impl Endpoints {
             if now < until {
                 return Err(until - now);
             }
-            if ep.breaker.probing {
+            if ep
+                .breaker
+                .probing
+                .is_some_and(|at| now.duration_since(at) < PROBE_EXPIRY)
+            {
                 return Err(BUSY_HOLD);
             }
             probe = true;
@@ -92,7 +101,7 @@ impl Endpoints {
         }
         let permit = ep.limiter.try_acquire()?;
         if probe {
-            ep.breaker.probing = true;
+            ep.breaker.probing = Some(now);
         }
         Ok(Admitted { permit })
     }
@@ -117,7 +126,7 @@ impl Endpoints {
         if breaker.failures == 0 {
             return;
         }
-        let reopen = b.probing;
+        let reopen = b.probing.is_some();
         if reopen || (b.open_until.is_none() && b.consecutive >= breaker.failures) {
             b.cooldown = if reopen {
                 (b.cooldown * 2).min(MAX_COOLDOWN)
@@ -125,7 +134,7 @@ impl Endpoints {
                 breaker.cooldown.min(MAX_COOLDOWN)
             };
             b.open_until = Some(Instant::now() + b.cooldown);
-            b.probing = false;
+            b.probing = None;
             tracing::warn!(
                 url = %crate::secret::redact_url(url),
                 failures = b.consecutive,

@@ -520,6 +520,8 @@ impl Scheduler {
             metrics::counter!("runbridge_deliveries_total", "outcome" => "held").increment(1);
             run.hold_delivery(i, until);
         }
+        // Refreshed after this step's attempts are reported, below.
+        let _refresh = RefreshBreakers(self);
         while let Some(joined) = tasks.join_next().await {
             let Ok((i, outcome)) = joined else { continue };
             let now = self.now();
@@ -593,9 +595,18 @@ impl Scheduler {
 
     pub(super) async fn deliver(&self, mut run: Run) -> Result<(), StoreError> {
         self.send_due(&mut run).await;
-        self.health.set_open_breakers(self.endpoints.open());
         run.replan(self.now());
         self.persist(&mut run).await
+    }
+}
+
+/// Publishes the open breakers to readiness and the gauge when dropped
+/// (at the end of a delivery step, whichever way it ends).
+struct RefreshBreakers<'a>(&'a Scheduler);
+
+impl Drop for RefreshBreakers<'_> {
+    fn drop(&mut self) {
+        self.0.health.set_open_breakers(self.0.endpoints.open());
     }
 }
 
