@@ -65,6 +65,9 @@ impl EdgeGauges {
 pub struct Health {
     loops: Mutex<BTreeMap<&'static str, Instant>>,
     providers: Mutex<BTreeMap<String, ProviderProblem>>,
+    /// Callback endpoints whose breaker is open, as the delivery path last
+    /// saw them (details only: one failing receiver is not the daemon's fault).
+    open_breakers: Mutex<Vec<String>>,
     pub edge: EdgeGauges,
     stall: Duration,
 }
@@ -82,9 +85,24 @@ impl Health {
         Health {
             loops: Mutex::default(),
             providers: Mutex::default(),
+            open_breakers: Mutex::default(),
             edge: EdgeGauges::default(),
             stall,
         }
+    }
+
+    /// Replaces the list of callback endpoints with an open breaker.
+    pub fn set_open_breakers(&self, urls: Vec<String>) {
+        metrics::gauge!("runbridge_callback_breakers_open").set(urls.len() as f64);
+        *self.open_breakers.lock().unwrap_or_else(|p| p.into_inner()) = urls;
+    }
+
+    /// Callback endpoints with an open breaker (redacted URLs).
+    pub fn open_breakers(&self) -> Vec<String> {
+        self.open_breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A loop proves it is alive; call at least every [`LOOP_STALL`] / 4.

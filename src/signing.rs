@@ -85,6 +85,16 @@ impl WebhookKey {
     }
 }
 
+/// The `webhook-signature` value for several keys: one `v1,` entry per key,
+/// space-separated, so a receiver holding any one of them verifies (secret
+/// rotation without downtime).
+pub fn sign_all(keys: &[WebhookKey], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    keys.iter()
+        .map(|k| k.sign(msg_id, timestamp, body))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Checks a GitHub `X-Hub-Signature-256` header (`sha256=<lowercase hex>`).
 pub fn verify_github(secret: &[u8], body: &[u8], header: &str) -> bool {
     let Some(hex_sig) = header.trim().strip_prefix("sha256=") else {
@@ -156,6 +166,16 @@ mod tests {
         assert!(key.verify("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body, &header));
         assert!(!key.verify("msg_other", 1649367553, body, &header));
         assert!(!key.verify("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367554, body, &header));
+    }
+
+    #[test]
+    fn several_keys_each_verify() {
+        let a = WebhookKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let b = WebhookKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let header = sign_all(&[a.clone(), b.clone()], "msg_1", 7, b"{}");
+        assert_eq!(header.split(' ').count(), 2);
+        assert!(a.verify("msg_1", 7, b"{}", &header));
+        assert!(b.verify("msg_1", 7, b"{}", &header));
     }
 
     #[test]

@@ -64,7 +64,13 @@ pub fn redactor(settings: &Settings) -> Redactor {
     for r in settings.routes.values() {
         secrets.extend(r.verify.secrets());
         for c in &r.callbacks {
-            secrets.push(c.key.to_secret_string());
+            secrets.extend(c.keys.iter().map(|k| k.to_secret_string()));
+            secrets.extend(
+                c.headers
+                    .iter()
+                    .filter(|h| h.is_reference)
+                    .map(|h| h.value.expose().to_string()),
+            );
         }
     }
     Redactor::new(secrets.iter().map(String::as_str))

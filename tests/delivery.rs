@@ -188,7 +188,8 @@ async fn gone_410_stops_retrying_at_once() {
             r["deliveries"][0]["state"] != "pending" && r["phase"] == "done"
         })
         .await;
-    assert_eq!(run["deliveries"][0]["state"], "dead", "{run}");
+    // 410 disables the callback for the rest of the run: `gone`, not `dead`.
+    assert_eq!(run["deliveries"][0]["state"], "gone", "{run}");
     let att = attempts(&run);
     assert_eq!(att.len(), 1, "no retry after 410: {run}");
     assert_eq!(att[0]["status_code"], 410, "{run}");

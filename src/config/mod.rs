@@ -14,7 +14,9 @@ mod storage;
 
 pub use delivery::DeliverySettings;
 pub use providers::{HttpSettings, ProviderSettings, SimulatedSettings};
-pub use routes::{CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings};
+pub use routes::{
+    CallbackHeader, CallbackSettings, InputSettings, InputSource, RouteSettings, VerifySettings,
+};
 pub use scheduler::SchedulerSettings;
 pub use server::{ServerSettings, TlsSettings};
 pub use storage::StorageSettings;
@@ -555,6 +557,65 @@ mod tests {
             !dbg.contains("\"t\""),
             "secrets never in debug output: {dbg}"
         );
+    }
+
+    #[test]
+    fn callback_options_are_checked() {
+        let base = GOOD
+            .split("[[routes.demo.callbacks]]")
+            .next()
+            .unwrap_or(GOOD);
+        let good = format!(
+            "{base}
+            [[routes.demo.callbacks]]
+            url = \"http://127.0.0.1:1/cb\"
+            secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"]
+            events = [\"run.started\", \"run.succeeded\"]
+            headers = {{ \"X-Env\" = \"prod\" }}
+            max_in_flight = 2
+            rate_per_s = 10
+            burst = 5
+            breaker_failures = 5
+            breaker_cooldown = \"30s\"
+            "
+        );
+        let s = load_str(&good).unwrap();
+        let c = &s.routes["demo"].callbacks[0];
+        assert_eq!(c.keys.len(), 2);
+        assert_eq!(c.headers[0].name.as_str(), "x-env");
+        assert_eq!(c.limit.max_in_flight, Some(2));
+        let bad = format!(
+            "{base}
+            [[routes.demo.callbacks]]
+            url = \"http://127.0.0.1:1/cb\"
+            secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"
+            secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]
+            headers = {{ \"Webhook-Id\" = \"x\", \"Content-Type\" = \"text/plain\", \"Connection\" = \"close\", \"Host\" = \"h\", \"Bad Name\" = \"v\" }}
+            burst = 3
+            breaker_cooldown = \"2h\"
+            [[routes.demo.callbacks]]
+            url = \"http://127.0.0.1:1/cb2\"
+            secrets = []
+            events = [\"run.begun\"]
+            max_in_flight = 0
+            "
+        );
+        let err = load_str(&bad).unwrap_err();
+        for key in [
+            "routes.demo.callbacks[0].secrets",
+            "routes.demo.callbacks[0].headers.Webhook-Id",
+            "routes.demo.callbacks[0].headers.Content-Type",
+            "routes.demo.callbacks[0].headers.Connection",
+            "routes.demo.callbacks[0].headers.Host",
+            "routes.demo.callbacks[0].headers.Bad Name",
+            "routes.demo.callbacks[0].burst",
+            "routes.demo.callbacks[0].breaker_cooldown",
+            "routes.demo.callbacks[1].secrets",
+            "routes.demo.callbacks[1].events",
+            "routes.demo.callbacks[1].max_in_flight",
+        ] {
+            assert!(err.0.iter().any(|p| p.key == key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -4,11 +4,13 @@
 
 use super::scheduler::MAX_RUN_TIMEOUT;
 use super::{bounded, check_url, positive, secret, Problems, RawSecret};
+use crate::delivery::endpoint::{BreakerSettings, MAX_COOLDOWN};
 use crate::ingress::filter::{RawRule, Rule};
 use crate::ingress::limit::{OverLimit, RouteLimiter};
 use crate::ingress::verify::RawKind;
 pub use crate::ingress::verify::VerifySettings;
-use crate::limit::RawLimit;
+use crate::limit::{LimitSettings, RawLimit};
+use crate::secret::Secret;
 use crate::signing::WebhookKey;
 use crate::template::{Pointer, Template};
 use serde::Deserialize;
@@ -83,15 +85,63 @@ pub struct InputSettings {
     pub default: Option<Value>,
 }
 
+/// Most secrets one callback signs with (rotation needs two; a few more
+/// cost one HMAC each per attempt).
+pub const MAX_CALLBACK_SECRETS: usize = 8;
+/// Largest `breaker_failures`.
+pub const MAX_BREAKER_FAILURES: u32 = 1_000;
+/// Most custom headers on one callback.
+pub const MAX_CALLBACK_HEADERS: usize = 32;
+/// Headers a callback may not set: hop-by-hop headers (they describe one
+/// connection, not the request), the ones runbridge signs or frames the
+/// body with, and `host` (it must match the URL connected to).
+pub const FORBIDDEN_CALLBACK_HEADERS: [&str; 13] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+];
+
+/// One custom header of a callback.
+#[derive(Debug, Clone)]
+pub struct CallbackHeader {
+    /// The header's name (lower case).
+    pub name: reqwest::header::HeaderName,
+    /// Its value, resolved when it was a secret reference.
+    pub value: Secret,
+    /// Given as `env:`, `file:` or `credential:`: scrubbed from logs like
+    /// every secret (a literal such as `prod` is not, or every log line
+    /// mentioning it would be mangled).
+    pub is_reference: bool,
+}
+
 /// One callback target of a route.
 #[derive(Debug, Clone)]
 pub struct CallbackSettings {
     /// Where results are POSTed.
     pub url: String,
-    /// The Standard Webhooks key callbacks are signed with.
-    pub key: WebhookKey,
+    /// The Standard Webhooks keys callbacks are signed with, each giving one
+    /// `v1,` signature, so a receiver can rotate its secret without downtime.
+    pub keys: Vec<WebhookKey>,
     /// Event types this URL receives (default: the terminal ones).
     pub events: Vec<String>,
+    /// Extra headers sent with every attempt (values may be secret
+    /// references, so an `Authorization` token need not sit in the file).
+    pub headers: Vec<CallbackHeader>,
+    /// The endpoint's limit (rate and `max_in_flight`), shared by every run
+    /// delivering to this URL.
+    pub limit: LimitSettings,
+    /// When the endpoint's breaker opens and for how long.
+    pub breaker: BreakerSettings,
 }
 
 #[derive(Deserialize)]
@@ -148,8 +198,18 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct RawCallback {
     url: String,
-    secret: RawSecret,
+    secret: Option<RawSecret>,
+    secrets: Option<Vec<RawSecret>>,
     events: Option<Vec<String>>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, RawSecret>,
+    rate_per_s: Option<u32>,
+    rate_per_min: Option<u32>,
+    burst: Option<u32>,
+    max_in_flight: Option<usize>,
+    breaker_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    breaker_cooldown: Option<Duration>,
 }
 
 pub(super) fn check_route(
@@ -311,22 +371,65 @@ pub(super) fn check_route(
     for (i, cb) in raw.callbacks.into_iter().enumerate() {
         let ck = format!("{key}.callbacks[{i}]");
         let url = check_url(&format!("{ck}.url"), &cb.url, p);
-        let sk = format!("{ck}.secret");
-        let key = secret(&cb.secret, &sk, p).and_then(|s| match WebhookKey::parse(s.expose()) {
-            // Receivers' Standard Webhooks libraries expect the prefix.
-            Ok(_) if !s.expose().starts_with("whsec_") => {
+        let given: Vec<(String, RawSecret)> = match (cb.secret, cb.secrets) {
+            (Some(one), None) => vec![(format!("{ck}.secret"), one)],
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    p.add(format!("{ck}.secrets"), "must not be empty");
+                }
+                if list.len() > MAX_CALLBACK_SECRETS {
+                    p.add(
+                        format!("{ck}.secrets"),
+                        format!("at most {MAX_CALLBACK_SECRETS} secrets"),
+                    );
+                }
+                list.into_iter()
+                    .enumerate()
+                    .map(|(j, s)| (format!("{ck}.secrets[{j}]"), s))
+                    .collect()
+            }
+            (Some(_), Some(_)) => {
+                p.add(format!("{ck}.secrets"), "give secret or secrets, not both");
+                Vec::new()
+            }
+            (None, None) => {
+                p.add(format!("{ck}.secret"), "missing (secret or secrets)");
+                Vec::new()
+            }
+        };
+        let keys: Vec<WebhookKey> = given
+            .iter()
+            .filter_map(|(sk, raw)| callback_key(raw, sk, p))
+            .collect();
+        let headers = check_headers(&ck, cb.headers, p);
+        let limit = RawLimit {
+            rate_per_s: cb.rate_per_s,
+            rate_per_min: cb.rate_per_min,
+            burst: cb.burst,
+            max_in_flight: cb.max_in_flight,
+        }
+        .check(&ck, &mut |k, m| p.add(k, m));
+        let defaults = BreakerSettings::default();
+        let breaker = BreakerSettings {
+            failures: cb.breaker_failures.unwrap_or(defaults.failures),
+            cooldown: cb.breaker_cooldown.unwrap_or(defaults.cooldown),
+        };
+        if breaker.failures > MAX_BREAKER_FAILURES {
+            p.add(
+                format!("{ck}.breaker_failures"),
+                format!("must be between 0 (no breaker) and {MAX_BREAKER_FAILURES}"),
+            );
+        }
+        if let Some(c) = cb.breaker_cooldown {
+            positive(&format!("{ck}.breaker_cooldown"), c, p);
+            bounded(&format!("{ck}.breaker_cooldown"), c, MAX_COOLDOWN, p);
+            if cb.breaker_failures == Some(0) {
                 p.add(
-                    sk.clone(),
-                    "must start with \"whsec_\" (a Standard Webhooks secret: whsec_ + base64 of 24 to 64 bytes)",
+                    format!("{ck}.breaker_cooldown"),
+                    "has no effect with breaker_failures = 0",
                 );
-                None
             }
-            Ok(k) => Some(k),
-            Err(e) => {
-                p.add(sk, e.to_string());
-                None
-            }
-        });
+        }
         let events: Vec<String> = match cb.events {
             Some(list) => list,
             None => crate::run::DEFAULT_EVENTS.map(String::from).to_vec(),
@@ -339,8 +442,17 @@ pub(super) fn check_route(
                 );
             }
         }
-        if let (Some(url), Some(key)) = (url, key) {
-            callbacks.push(CallbackSettings { url, key, events });
+        if let Some(url) = url {
+            if keys.len() == given.len() && !keys.is_empty() {
+                callbacks.push(CallbackSettings {
+                    url,
+                    keys,
+                    events,
+                    headers,
+                    limit,
+                    breaker,
+                });
+            }
         }
     }
     if p.0.len() > before {
@@ -361,6 +473,76 @@ pub(super) fn check_route(
         callbacks,
         limiter: Arc::new(RouteLimiter::new(limit, raw.over_limit.unwrap_or_default())),
     })
+}
+
+/// One callback signing secret: a Standard Webhooks `whsec_` secret.
+fn callback_key(raw: &RawSecret, sk: &str, p: &mut Problems) -> Option<WebhookKey> {
+    secret(raw, sk, p).and_then(|s| match WebhookKey::parse(s.expose()) {
+        // Receivers' Standard Webhooks libraries expect the prefix.
+        Ok(_) if !s.expose().starts_with("whsec_") => {
+            p.add(
+                sk,
+                "must start with \"whsec_\" (a Standard Webhooks secret: whsec_ + base64 of 24 to 64 bytes)",
+            );
+            None
+        }
+        Ok(k) => Some(k),
+        Err(e) => {
+            p.add(sk, e.to_string());
+            None
+        }
+    })
+}
+
+/// A callback's custom headers: valid names and values, none that runbridge
+/// sets itself or that describe the connection.
+fn check_headers(
+    ck: &str,
+    raw: std::collections::BTreeMap<String, RawSecret>,
+    p: &mut Problems,
+) -> Vec<CallbackHeader> {
+    if raw.len() > MAX_CALLBACK_HEADERS {
+        p.add(
+            format!("{ck}.headers"),
+            format!("at most {MAX_CALLBACK_HEADERS} headers"),
+        );
+    }
+    let mut out = Vec::new();
+    for (name, value) in raw {
+        let hk = format!("{ck}.headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        let Ok(hn) = reqwest::header::HeaderName::from_bytes(lower.as_bytes()) else {
+            p.add(hk, format!("{name:?} is not a header name"));
+            continue;
+        };
+        if FORBIDDEN_CALLBACK_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+            p.add(
+                hk,
+                format!("{name:?} is set by runbridge or describes the connection; it cannot be configured"),
+            );
+            continue;
+        }
+        let Some(v) = secret(&value, &hk, p) else {
+            continue;
+        };
+        // The value is not shown: it may be a token.
+        if reqwest::header::HeaderValue::from_str(v.expose()).is_err() {
+            p.add(
+                hk,
+                "not a valid header value (control characters or non-ASCII)",
+            );
+            continue;
+        }
+        let is_reference = ["env:", "file:", "credential:"]
+            .iter()
+            .any(|pre| value.as_str().starts_with(pre));
+        out.push(CallbackHeader {
+            name: hn,
+            value: v,
+            is_reference,
+        });
+    }
+    out
 }
 
 /// `verify`: one kind (a table) or a list of kinds, all of which must pass.

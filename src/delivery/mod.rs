@@ -5,13 +5,15 @@
 //! sends the same bytes under the same `webhook-id`; only
 //! `webhook-timestamp` and the signature change per attempt.
 
+pub mod endpoint;
+
 use crate::backoff::{honour_retry_after, parse_retry_after, spread};
 use crate::config::DeliverySettings;
 use crate::run::{Attempt, Delivery, Run};
 use crate::signing::WebhookKey;
 use crate::time::Timestamp;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -24,11 +26,11 @@ const MAX_RESPONSE: usize = 1024;
 pub const AGENT: &str = concat!("runbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The body of the event a delivery carries: the run's terminal event, or
-/// a `run.waiting` event as the run was when it began waiting. Every
+/// a `run.started`/`run.waiting` event as the run was when it happened. Every
 /// attempt of one delivery sends the same bytes.
 pub fn event_body(run: &Run, d: &Delivery) -> Bytes {
     let (kind, at, status, raw_status, terminal) = match run.event_of(d) {
-        Some(e) if e.kind == "run.waiting" => {
+        Some(e) if e.kind == "run.waiting" || e.kind == "run.started" => {
             (e.kind.as_str(), e.at, e.status, e.raw_status.clone(), false)
         }
         _ => (
@@ -64,6 +66,18 @@ pub fn event_body(run: &Run, d: &Delivery) -> Bytes {
     Bytes::from(serde_json::to_vec(&event).unwrap_or_default())
 }
 
+/// A callback's custom headers as sent (configured values were checked at
+/// load, so none is skipped in practice).
+pub fn header_map(headers: &[crate::config::CallbackHeader]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for h in headers {
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(h.value.expose()) {
+            map.insert(h.name.clone(), v);
+        }
+    }
+    map
+}
+
 /// The result of one attempt.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -77,12 +91,15 @@ pub struct Outcome {
     pub refused: bool,
 }
 
-/// Sends one signed attempt. Only a 2xx counts as delivered; redirects are
-/// not followed (the shared client has redirects off) and count as failures.
+/// Sends one signed attempt, signed with every key (space-separated, for
+/// rotation) and carrying the callback's own `headers`. Only a 2xx counts
+/// as delivered; redirects are not followed (the shared client has
+/// redirects off) and count as failures.
 pub async fn attempt(
     client: &reqwest::Client,
     url: &str,
-    key: &WebhookKey,
+    keys: &[WebhookKey],
+    headers: &HeaderMap,
     webhook_id: &str,
     body: Bytes,
     s: &DeliverySettings,
@@ -94,10 +111,11 @@ pub async fn attempt(
     if let Err(r) = guard::check_literal(url, &s.allow_destinations) {
         return refused(at, started, r);
     }
-    let signature = key.sign(webhook_id, at.unix_seconds(), &body);
+    let signature = crate::signing::sign_all(keys, webhook_id, at.unix_seconds(), &body);
     let result = client
         .post(url)
         .timeout(timeout)
+        .headers(headers.clone())
         .header(CONTENT_TYPE, "application/json")
         .header(USER_AGENT, AGENT)
         .header("webhook-id", webhook_id)

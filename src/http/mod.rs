@@ -289,6 +289,7 @@ async fn readyz(State(st): State<EdgeState>) -> Response {
         },
         "loops": loops,
         "providers": st.health.provider_problems(),
+        "callback_breakers_open": st.health.open_breakers(),
         "edge": {
             "connections": edge.connections.load(Ordering::Relaxed),
             "body_bytes_buffered": edge.body_bytes.load(Ordering::Relaxed),

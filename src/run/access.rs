@@ -194,6 +194,17 @@ impl Run {
         }
     }
 
+    /// Holds a pending delivery until `until` without recording an attempt
+    /// (its endpoint is busy or its breaker is open), so holding never spends
+    /// the retry schedule.
+    pub fn hold_delivery(&mut self, i: usize, until: Timestamp) {
+        if let Some(d) = self.deliveries.get_mut(i) {
+            if d.state == super::DeliveryState::Pending {
+                d.next_attempt_at = Some(until);
+            }
+        }
+    }
+
     /// Replaces the due time (store repair tests only).
     #[cfg(test)]
     pub(crate) fn force_due(&mut self, at: Option<Timestamp>) {

@@ -14,7 +14,8 @@ pub const DEFAULT_EVENTS: [&str; 4] = [
 ];
 
 /// Every event type a callback may subscribe to.
-pub const EVENT_TYPES: [&str; 5] = [
+pub const EVENT_TYPES: [&str; 6] = [
+    "run.started",
     "run.waiting",
     "run.succeeded",
     "run.failed",
@@ -59,6 +60,9 @@ pub enum DeliveryState {
     /// The destination was refused by the SSRF guard: terminal, since
     /// retrying the same URL would be refused again.
     Refused,
+    /// The receiver answered 410 Gone (to this or an earlier event of the
+    /// run): the callback is disabled for the rest of the run.
+    Gone,
 }
 
 /// One HTTP attempt of a delivery, as operators need to see it.

@@ -182,9 +182,10 @@ impl Run {
         now: Timestamp,
         vendor_run_id: String,
         next_poll: Timestamp,
+        targets: &[Target],
     ) -> Result<(), IllegalTransition> {
         let obs = Observation::local(RunStatus::Queued, None, None);
-        self.started(now, vendor_run_id, obs, next_poll)
+        self.started(now, vendor_run_id, obs, next_poll, targets)
     }
 
     fn expect(&self, phases: &[Phase], what: &'static str) -> Result<(), IllegalTransition> {
@@ -199,13 +200,16 @@ impl Run {
         }
     }
 
-    /// Starting -> Tracking: the vendor accepted the run.
+    /// Starting -> Tracking: the vendor accepted the run. Records a
+    /// `run.started` event for the targets that asked for it (only here,
+    /// so it is sent once per run).
     pub fn started(
         &mut self,
         now: Timestamp,
         vendor_run_id: String,
         obs: Observation,
         next_poll: Timestamp,
+        targets: &[Target],
     ) -> Result<(), IllegalTransition> {
         self.expect(&[Phase::Starting], "record a started vendor run")?;
         self.phase = Phase::Tracking;
@@ -215,6 +219,7 @@ impl Run {
         self.failures = 0;
         self.last_error = None;
         self.observe_status(now, &obs);
+        self.add_event(now, "run.started", targets);
         self.plan(now, Some(next_poll.min(self.deadline)));
         Ok(())
     }
@@ -269,11 +274,13 @@ impl Run {
         self.touch(now, due);
     }
 
-    /// Records an event and a delivery for every target subscribed to it.
+    /// Records an event and a delivery for every target subscribed to it,
+    /// except URLs that answered 410 Gone earlier in this run.
     fn add_event(&mut self, now: Timestamp, kind: &str, targets: &[Target]) {
         let subscribed: Vec<&Target> = targets
             .iter()
             .filter(|t| t.events.iter().any(|e| e == kind))
+            .filter(|t| !self.is_gone(&t.url))
             .collect();
         if subscribed.is_empty() {
             return;
@@ -295,6 +302,30 @@ impl Run {
                 next_attempt_at: Some(now),
                 event_id: Some(id.clone()),
             });
+        }
+    }
+
+    /// Whether `url` answered 410 Gone to an event of this run.
+    pub fn is_gone(&self, url: &str) -> bool {
+        self.deliveries
+            .iter()
+            .any(|d| d.url == url && d.state == DeliveryState::Gone)
+    }
+
+    /// A receiver answered 410 Gone: this delivery and every other pending
+    /// one of this run to the same URL end `gone` (the later ones without an
+    /// attempt), and no later event of the run goes there.
+    pub fn callback_gone(&mut self, i: usize, attempt: Attempt) {
+        let Some(d) = self.deliveries.get_mut(i) else {
+            return;
+        };
+        d.attempts.push(attempt);
+        let url = d.url.clone();
+        for d in self.deliveries.iter_mut().filter(|d| d.url == url) {
+            if d.state == DeliveryState::Pending {
+                d.state = DeliveryState::Gone;
+                d.next_attempt_at = None;
+            }
         }
     }
 

@@ -39,6 +39,7 @@ fn happy_path_reaches_done() {
         "v1".into(),
         obs(RunStatus::Queued, "QUEUED"),
         Timestamp(6_000),
+        &[],
     )
     .unwrap();
     assert_eq!(r.phase, Phase::Tracking);
@@ -102,6 +103,7 @@ fn polls_never_scheduled_past_deadline_and_timeout_creates_event() {
         "v".into(),
         obs(RunStatus::Running, "RUNNING"),
         Timestamp(900_000),
+        &[],
     )
     .unwrap();
     assert_eq!(r.due_at, Some(r.deadline));
@@ -160,6 +162,7 @@ fn illegal_transitions_are_errors_and_change_nothing() {
             "v".into(),
             obs(RunStatus::Running, "R"),
             Timestamp(3),
+            &[],
         )
         .unwrap_err();
     assert_eq!(
@@ -183,6 +186,7 @@ fn a_waiting_spell_sends_one_event_with_its_own_id() {
         "v".into(),
         obs(RunStatus::Running, "running"),
         Timestamp(2_000),
+        &[],
     )
     .unwrap();
     for at in [2_000, 3_000] {
@@ -239,6 +243,7 @@ fn a_waiting_spell_sends_one_event_with_its_own_id() {
         "v".into(),
         obs(RunStatus::Waiting, "paused"),
         Timestamp(2_000),
+        &[],
     )
     .unwrap();
     r2.observed(
@@ -279,4 +284,92 @@ fn a_record_in_the_previous_json_form_opens_and_keeps_its_event_id() {
     assert_eq!(body["type"], "run.succeeded");
     assert_eq!(body["data"]["event_id"], r.id.webhook_id());
     assert!(r.cancel.is_none() && r.events.is_empty() && !r.start_unsure);
+}
+
+#[test]
+fn run_started_is_one_event_for_the_targets_asking() {
+    let mut r = run();
+    r.begin_start(Timestamp(1_001), Timestamp(5_000)).unwrap();
+    let asked = vec![
+        Target {
+            url: "a".into(),
+            events: vec!["run.started".into(), "run.succeeded".into()],
+        },
+        Target {
+            url: "b".into(),
+            events: DEFAULT_EVENTS.map(String::from).to_vec(),
+        },
+    ];
+    r.started(
+        Timestamp(1_002),
+        "v".into(),
+        obs(RunStatus::Running, "RUNNING"),
+        Timestamp(6_000),
+        &asked,
+    )
+    .unwrap();
+    assert_eq!(r.events.len(), 1);
+    assert_eq!(r.events[0].kind, "run.started");
+    assert_eq!(r.deliveries.len(), 1);
+    assert_eq!(r.deliveries[0].url, "a");
+    assert_eq!(r.due_at, Some(Timestamp(1_002)), "the event is due at once");
+    r.finish(Timestamp(2_000), obs(RunStatus::Succeeded, "OK"), &asked)
+        .unwrap();
+    let ids: Vec<&str> = r.deliveries.iter().map(|d| d.webhook_id.as_str()).collect();
+    assert_eq!(ids.len(), 3);
+    assert_ne!(ids[0], ids[1], "each event has its own id");
+}
+
+#[test]
+fn gone_disables_the_url_for_the_rest_of_the_run() {
+    let mut r = run();
+    r.begin_start(Timestamp(1_001), Timestamp(5_000)).unwrap();
+    let t = vec![
+        Target {
+            url: "a".into(),
+            events: vec![
+                "run.started".into(),
+                "run.waiting".into(),
+                "run.succeeded".into(),
+            ],
+        },
+        Target {
+            url: "b".into(),
+            events: vec!["run.succeeded".into()],
+        },
+    ];
+    r.started(
+        Timestamp(1_002),
+        "v".into(),
+        obs(RunStatus::Running, "RUNNING"),
+        Timestamp(6_000),
+        &t,
+    )
+    .unwrap();
+    let a = Attempt {
+        at: Timestamp(1_003),
+        duration_ms: 1,
+        status_code: Some(410),
+        error: Some("receiver answered HTTP 410".into()),
+        response: None,
+    };
+    r.callback_gone(0, a);
+    assert_eq!(r.deliveries[0].state, DeliveryState::Gone);
+    assert!(r.is_gone("a") && !r.is_gone("b"));
+    r.observed(
+        Timestamp(1_500),
+        obs(RunStatus::Waiting, "W"),
+        Timestamp(6_000),
+        &t,
+    )
+    .unwrap();
+    r.finish(Timestamp(2_000), obs(RunStatus::Succeeded, "OK"), &t)
+        .unwrap();
+    let urls: Vec<&str> = r.deliveries.iter().map(|d| d.url.as_str()).collect();
+    assert_eq!(urls, ["a", "b"], "no later event goes to the gone URL");
+    // Old records without the state still open; `gone` round-trips.
+    let json = serde_json::to_string(&r.deliveries[0]).unwrap();
+    assert!(json.contains("\"gone\""));
+    let back: Delivery = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.state, DeliveryState::Gone);
 }

@@ -113,6 +113,8 @@ pub struct Scheduler {
     delivery_log: Throttle,
     /// When the test hook [`TEST_STALL_ENV`] makes the loop stall.
     stall_at: Option<tokio::time::Instant>,
+    /// Per callback endpoint: limiter and breaker (in memory, empty at start).
+    endpoints: crate::delivery::endpoint::Endpoints,
 }
 
 impl Scheduler {
@@ -158,6 +160,7 @@ impl Scheduler {
             stopping: CancellationToken::new(),
             store_log: Throttle::new(STORE_LOG_EVERY),
             unpersisted: Mutex::new((0, Vec::new())),
+            endpoints: Default::default(),
             vendor_log: Throttle::new(VENDOR_LOG_EVERY),
             delivery_log: Throttle::new(DELIVERY_LOG_EVERY),
             stall_at: std::env::var(TEST_STALL_ENV)

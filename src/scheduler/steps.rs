@@ -187,7 +187,7 @@ impl Scheduler {
                             let vid = mine.into_iter().next().unwrap_or_default();
                             tracing::info!(run_id = %run.id(), vendor_run_id = %vid, "interrupted start reconciled: adopting the vendor run");
                             let next = Self::next_poll(s, &run, now);
-                            let r = run.adopted(now, vid, next);
+                            let r = run.adopted(now, vid, next, &targets);
                             checked(&run, r);
                             return self.persist(&mut run).await;
                         }
@@ -239,7 +239,13 @@ impl Scheduler {
                 self.provider_answered(run.provider());
                 tracing::info!(run_id = %run.id(), vendor_run_id = %started.vendor_run_id, "run started");
                 let next = Self::next_poll(s, &run, now);
-                let r = run.started(now, started.vendor_run_id, started.observation, next);
+                let r = run.started(
+                    now,
+                    started.vendor_run_id,
+                    started.observation,
+                    next,
+                    &targets,
+                );
                 checked(&run, r);
             }
             Err(
@@ -472,13 +478,23 @@ impl Scheduler {
         let route = topo.settings.routes.get(run.route());
         let now = self.now();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut held = Vec::new();
         for (i, d) in run.deliveries().iter().enumerate() {
             if !d.is_due(now) {
                 continue;
             }
-            let key = route
-                .and_then(|r| r.callbacks.iter().find(|c| c.url == d.url))
-                .map(|c| c.key.clone());
+            let cb = route.and_then(|r| r.callbacks.iter().find(|c| c.url == d.url));
+            let admitted = match cb {
+                Some(c) => match self.endpoints.admit(&d.url, &c.limit) {
+                    Ok(a) => Some(a),
+                    Err(wait) => {
+                        held.push((i, now.plus(wait)));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let key = cb.map(|c| (c.keys.clone(), delivery::header_map(&c.headers), c.breaker));
             let body = delivery::event_body(run, d);
             let (client, url, id, ds) = (
                 self.client.clone(),
@@ -488,12 +504,23 @@ impl Scheduler {
             );
             tasks.spawn(async move {
                 let outcome = match key {
-                    Some(key) => Some(delivery::attempt(&client, &url, &key, &id, body, &ds).await),
+                    Some((keys, headers, breaker)) => {
+                        let o =
+                            delivery::attempt(&client, &url, &keys, &headers, &id, body, &ds).await;
+                        drop(admitted);
+                        Some((o, breaker))
+                    }
                     None => None,
                 };
                 (i, outcome)
             });
         }
+        for (i, until) in held {
+            metrics::counter!("runbridge_deliveries_total", "outcome" => "held").increment(1);
+            run.hold_delivery(i, until);
+        }
+        // Refreshed after this step's attempts are reported, below.
+        let _refresh = RefreshBreakers(self);
         while let Some(joined) = tasks.join_next().await {
             let Ok((i, outcome)) = joined else { continue };
             let now = self.now();
@@ -501,7 +528,13 @@ impl Scheduler {
                 continue;
             };
             match outcome {
-                Some(o) => {
+                Some((o, breaker)) => {
+                    // 410 is an answer, not an endpoint failure; a refused
+                    // destination was never contacted.
+                    if !o.refused {
+                        self.endpoints
+                            .report(&d.url, o.succeeded || o.gone, &breaker);
+                    }
                     let next = if o.succeeded {
                         None
                     } else {
@@ -543,9 +576,16 @@ impl Scheduler {
                         let outcome = if o.gone { "gone" } else { "dead" };
                         metrics::counter!("runbridge_deliveries_total", "outcome" => outcome)
                             .increment(1);
-                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback dead after last attempt");
+                        if !o.gone {
+                            tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback dead after last attempt");
+                        }
                     }
-                    run.record_attempt(i, o.attempt, o.succeeded, next);
+                    if o.gone {
+                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), "receiver answered 410 Gone; callback disabled for the rest of this run");
+                        run.callback_gone(i, o.attempt);
+                    } else {
+                        run.record_attempt(i, o.attempt, o.succeeded, next);
+                    }
                 }
                 None => {
                     let attempt = crate::run::Attempt {
@@ -565,6 +605,16 @@ impl Scheduler {
         self.send_due(&mut run).await;
         run.replan(self.now());
         self.persist(&mut run).await
+    }
+}
+
+/// Publishes the open breakers to readiness and the gauge when dropped
+/// (at the end of a delivery step, whichever way it ends).
+struct RefreshBreakers<'a>(&'a Scheduler);
+
+impl Drop for RefreshBreakers<'_> {
+    fn drop(&mut self) {
+        self.0.health.set_open_breakers(self.0.endpoints.open());
     }
 }
 

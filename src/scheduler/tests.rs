@@ -426,6 +426,7 @@ async fn an_interrupted_start_adopts_the_one_unowned_candidate() {
         "v_other".into(),
         obs(RunStatus::Running, "running"),
         h.now(),
+        &[],
     )
     .unwrap();
     h.store.save_run(&o).await.unwrap();

@@ -1328,6 +1328,8 @@ pub struct CallbackRecord {
     pub raw: String,
     pub body: Value,
     pub responded: u16,
+    /// Every header as received (names lower case).
+    pub headers: Vec<(String, String)>,
 }
 
 impl CallbackRecord {
@@ -1355,6 +1357,11 @@ struct RxInner {
     secret: String,
     state: Mutex<RxState>,
     changed: watch::Sender<u64>,
+    /// Requests being answered now, and the most ever at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    /// How long each answer takes (milliseconds), so concurrency shows.
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 pub struct Receiver {
@@ -1369,6 +1376,14 @@ async fn receiver_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    use std::sync::atomic::Ordering::SeqCst;
+    let now = inner.in_flight.fetch_add(1, SeqCst) + 1;
+    inner.peak.fetch_max(now, SeqCst);
+    let delay = inner.delay_ms.load(SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    inner.in_flight.fetch_sub(1, SeqCst);
     let id = header_str(&headers, "webhook-id").unwrap_or_default();
     let ts = header_str(&headers, "webhook-timestamp").unwrap_or_default();
     let sig = header_str(&headers, "webhook-signature").unwrap_or_default();
@@ -1401,6 +1416,10 @@ async fn receiver_handler(
             raw: String::from_utf8_lossy(&body).to_string(),
             body: json_body,
             responded: code,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
         });
         (code, retry_after)
     };
@@ -1443,6 +1462,9 @@ impl Receiver {
                 records: Vec::new(),
             }),
             changed: watch::channel(0).0,
+            in_flight: Default::default(),
+            peak: Default::default(),
+            delay_ms: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -1503,6 +1525,18 @@ impl Receiver {
         for (code, ra) in responses {
             st.script.push_back((*code, ra.map(str::to_string)));
         }
+    }
+
+    /// Makes every answer take `d` (so concurrent requests overlap).
+    pub fn set_delay(&self, d: Duration) {
+        self.inner
+            .delay_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The most requests the receiver was answering at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.inner.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn records(&self) -> Vec<CallbackRecord> {
