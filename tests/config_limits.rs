@@ -57,6 +57,24 @@ fn at_maxima() -> BTreeMap<&'static str, String> {
     m.insert("routes.max.run_timeout", q(d(MAX_RUN_TIMEOUT)));
     m.insert("routes.max.dedupe_ttl", q(d(MAX_DEDUPE_TTL)));
     m.insert("routes.max.verify.tolerance", q(d(MAX_TOLERANCE)));
+    m.insert("routes.max.waiting_timeout", q(d(MAX_RUN_TIMEOUT)));
+    m.insert("server.header_read_timeout", q(d(MAX_EDGE_TIMEOUT)));
+    m.insert("server.idle_timeout", q(d(MAX_EDGE_TIMEOUT)));
+    m.insert("server.linger_timeout", q(d(MAX_EDGE_TIMEOUT)));
+    m.insert("server.max_connections", MAX_CONNECTIONS.to_string());
+    m.insert("server.max_headers", MAX_HEADERS.to_string());
+    m.insert("server.max_header_bytes", q(size(MAX_HEADER_BYTES)));
+    m.insert("server.body_buffer_limit", q(size(MAX_BODY_BUFFER)));
+    m.insert("server.linger_bytes", q(size(MAX_LINGER_BYTES)));
+    m.insert("storage.retention", q(d(MAX_RETENTION)));
+    m.insert("delivery.max_response_bytes", q(size(MAX_RESPONSE_BYTES)));
+    m.insert(
+        "providers.slate.max_response_bytes",
+        q(size(MAX_VENDOR_RESPONSE_BYTES)),
+    );
+    m.insert("providers.slate.rate_per_s", MAX_RATE.to_string());
+    m.insert("providers.slate.burst", MAX_RATE.to_string());
+    m.insert("providers.slate.max_in_flight", MAX_IN_FLIGHT.to_string());
     m
 }
 
@@ -78,6 +96,11 @@ const DURATION_KEYS: &[&str] = &[
     "routes.max.run_timeout",
     "routes.max.dedupe_ttl",
     "routes.max.verify.tolerance",
+    "routes.max.waiting_timeout",
+    "server.header_read_timeout",
+    "server.idle_timeout",
+    "server.linger_timeout",
+    "storage.retention",
 ];
 
 /// The key path `check-config` reports for one of our keys.
@@ -94,10 +117,19 @@ body_limit = {body_limit}
 request_timeout = {request_timeout}
 shutdown_timeout = {shutdown_timeout}
 admin_token = {admin}
+header_read_timeout = {hrt}
+idle_timeout = {idle}
+linger_timeout = {linger_t}
+max_connections = {max_conn}
+max_headers = {max_headers}
+max_header_bytes = {max_hb}
+body_buffer_limit = {bbl}
+linger_bytes = {linger_b}
 
 [storage]
 path = {db}
 cache_capacity = {cache}
+retention = {retention}
 
 [scheduler]
 poll_interval = {poll}
@@ -113,6 +145,7 @@ schedule = [{s0}, {s1}, {s1}]
 jitter = {jitter}
 timeout = {dtimeout}
 max_retry_after = {mra}
+max_response_bytes = {dmrb}
 # The test receiver listens on loopback, refused by default.
 allow_destinations = ["127.0.0.0/8"]
 
@@ -121,6 +154,10 @@ kind = "slate"
 base_url = {slate}
 token = {token}
 timeout = {ptimeout}
+max_response_bytes = {pmrb}
+rate_per_s = {prate}
+burst = {pburst}
+max_in_flight = {pmif}
 
 [providers.sim]
 kind = "simulated"
@@ -131,6 +168,7 @@ provider = "slate"
 workflow_id = "wf_ok_max"
 run_timeout = {route_timeout}
 dedupe_ttl = {dedupe_ttl}
+waiting_timeout = {waiting}
 verify = {{ kind = "standard-webhooks", secret = {whsec}, tolerance = {tolerance} }}
 
 [[routes.max.callbacks]]
@@ -138,6 +176,21 @@ url = {rx}
 secret = {whsec}
 "#,
         body_limit = g("server.body_limit"),
+        hrt = g("server.header_read_timeout"),
+        idle = g("server.idle_timeout"),
+        linger_t = g("server.linger_timeout"),
+        max_conn = g("server.max_connections"),
+        max_headers = g("server.max_headers"),
+        max_hb = g("server.max_header_bytes"),
+        bbl = g("server.body_buffer_limit"),
+        linger_b = g("server.linger_bytes"),
+        retention = g("storage.retention"),
+        dmrb = g("delivery.max_response_bytes"),
+        pmrb = g("providers.slate.max_response_bytes"),
+        prate = g("providers.slate.rate_per_s"),
+        pburst = g("providers.slate.burst"),
+        pmif = g("providers.slate.max_in_flight"),
+        waiting = g("routes.max.waiting_timeout"),
         request_timeout = g("server.request_timeout"),
         shutdown_timeout = g("server.shutdown_timeout"),
         admin = toml_str(ADMIN_TOKEN),

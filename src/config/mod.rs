@@ -24,9 +24,12 @@ pub use storage::StorageSettings;
 /// Every documented maximum (README, "Limits"), in one place.
 pub mod limits {
     pub use super::delivery::{
-        MAX_DELIVERY_TIMEOUT, MAX_RETRY_AFTER, MAX_SCHEDULE_DELAY, MAX_SCHEDULE_LEN,
+        MAX_DELIVERY_TIMEOUT, MAX_RESPONSE_BYTES, MAX_RETRY_AFTER, MAX_SCHEDULE_DELAY,
+        MAX_SCHEDULE_LEN,
     };
-    pub use super::providers::{MAX_PROVIDER_TIMEOUT, MAX_SIMULATED_DURATION};
+    pub use super::providers::{
+        MAX_PROVIDER_TIMEOUT, MAX_SIMULATED_DURATION, MAX_VENDOR_RESPONSE_BYTES,
+    };
     pub use super::routes::{MAX_DEDUPE_TTL, MAX_TOLERANCE};
     pub use super::scheduler::{
         MAX_CONCURRENCY, MAX_POLL_INTERVAL, MAX_POLL_SLOWDOWN_AFTER, MAX_RETRY_BASE, MAX_RETRY_MAX,
@@ -36,7 +39,8 @@ pub mod limits {
         MAX_BODY_BUFFER, MAX_BODY_LIMIT, MAX_CONNECTIONS, MAX_EDGE_TIMEOUT, MAX_HEADERS,
         MAX_HEADER_BYTES, MAX_LINGER_BYTES, MAX_REQUEST_TIMEOUT, MAX_SHUTDOWN_TIMEOUT,
     };
-    pub use super::storage::MAX_CACHE_CAPACITY;
+    pub use super::storage::{MAX_CACHE_CAPACITY, MAX_RETENTION};
+    pub use crate::limit::{MAX_IN_FLIGHT, MAX_RATE};
 }
 
 use delivery::{check_delivery, RawDelivery};
