@@ -37,7 +37,7 @@ RUN apt-get update \
  && chown runbridge:runbridge /var/lib/runbridge \
  && chmod 0700 /var/lib/runbridge
 COPY --from=build /src/target/release/runbridge /usr/local/bin/runbridge
-COPY config/examples/docker.toml /etc/runbridge/runbridge.toml
+COPY config/deploy/docker.toml /etc/runbridge/runbridge.toml
 ENV RUNBRIDGE_CONFIG=/etc/runbridge/runbridge.toml
 USER 10001:10001
 WORKDIR /var/lib/runbridge

@@ -84,7 +84,7 @@ fn example_provider(base: &str) -> String {
     text[start..end]
         .replace("providers.tempo", "providers.v")
         .replace("https://api.tempo.example", base)
-        .replace("env:TEMPO_KEY", KEY)
+        .replace("change-me-tempo-key", KEY)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
