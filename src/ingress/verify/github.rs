@@ -1,10 +1,9 @@
 //! `kind = "github"`: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`.
 
-use super::{any_ct_eq, deny, exposed, need, secrets, DedupeSource, Kind};
+use super::{deny, exposed, need, secrets, signed_by_any, DedupeSource, Kind};
 use crate::config::{Problems, RawSecret};
 use crate::ingress::{Headers, IngressError};
 use crate::secret::Secret;
-use crate::signing::hmac_sha256;
 use crate::time::Timestamp;
 use serde::Deserialize;
 
@@ -54,12 +53,7 @@ impl Kind for Github {
             .strip_prefix("sha256=")
             .and_then(|h| hex::decode(h).ok())
             .ok_or_else(|| deny("X-Hub-Signature-256 is not sha256=<hex>"))?;
-        let macs: Vec<[u8; 32]> = self
-            .secrets
-            .iter()
-            .map(|s| hmac_sha256(s.expose().as_bytes(), &[body]))
-            .collect();
-        if any_ct_eq(&given, macs.iter().map(|m| &m[..])) {
+        if signed_by_any(&self.secrets, &[body], &given) {
             Ok(())
         } else {
             Err(deny("X-Hub-Signature-256 does not match the body"))

@@ -363,6 +363,22 @@ pub(crate) fn any_ct_eq<'a>(given: &[u8], expected: impl IntoIterator<Item = &'a
         .fold(false, |acc, e| acc | ct_eq(given, e))
 }
 
+/// HMAC-SHA256 of `parts` (concatenated) under every secret: while a secret
+/// rotates, a signature by the old or the new one counts.
+pub(crate) fn sha256_macs(secrets: &[Secret], parts: &[&[u8]]) -> Vec<[u8; 32]> {
+    secrets
+        .iter()
+        .map(|s| crate::signing::hmac_sha256(s.expose().as_bytes(), parts))
+        .collect()
+}
+
+/// Whether `given` is the HMAC-SHA256 of `parts` under any of `secrets`,
+/// comparing against every one in constant time.
+pub(crate) fn signed_by_any(secrets: &[Secret], parts: &[&[u8]], given: &[u8]) -> bool {
+    let macs = sha256_macs(secrets, parts);
+    any_ct_eq(given, macs.iter().map(|m| &m[..]))
+}
+
 /// The exposed texts of a list of secrets.
 pub(crate) fn exposed(secrets: &[Secret]) -> Vec<String> {
     secrets.iter().map(|s| s.expose().to_string()).collect()

@@ -1,10 +1,9 @@
 //! `kind = "shopify"`: `X-Shopify-Hmac-SHA256: <base64 HMAC-SHA256 of the body>`.
 
-use super::{any_ct_eq, deny, exposed, need, secrets, DedupeSource, Kind};
+use super::{deny, exposed, need, secrets, signed_by_any, DedupeSource, Kind};
 use crate::config::{Problems, RawSecret};
 use crate::ingress::{Headers, IngressError};
 use crate::secret::Secret;
-use crate::signing::hmac_sha256;
 use crate::time::Timestamp;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -54,12 +53,7 @@ impl Kind for Shopify {
         let given = B64
             .decode(sig.trim())
             .map_err(|_| deny("X-Shopify-Hmac-SHA256 is not base64"))?;
-        let macs: Vec<[u8; 32]> = self
-            .secrets
-            .iter()
-            .map(|s| hmac_sha256(s.expose().as_bytes(), &[body]))
-            .collect();
-        if any_ct_eq(&given, macs.iter().map(|m| &m[..])) {
+        if signed_by_any(&self.secrets, &[body], &given) {
             Ok(())
         } else {
             Err(deny("X-Shopify-Hmac-SHA256 does not match the body"))

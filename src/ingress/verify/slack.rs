@@ -1,11 +1,10 @@
 //! `kind = "slack"`: `X-Slack-Signature: v0=<hex>` over `"v0:{ts}:{body}"`,
 //! with `X-Slack-Request-Timestamp` inside the tolerance.
 
-use super::{any_ct_eq, deny, exposed, need, secrets, DedupeSource, Kind, Tolerance};
+use super::{deny, exposed, need, secrets, signed_by_any, DedupeSource, Kind, Tolerance};
 use crate::config::{Problems, RawSecret};
 use crate::ingress::{Headers, IngressError};
 use crate::secret::Secret;
-use crate::signing::hmac_sha256;
 use crate::template::Pointer;
 use crate::time::Timestamp;
 use serde::Deserialize;
@@ -73,12 +72,7 @@ impl Kind for Slack {
             .strip_prefix("v0=")
             .and_then(|h| hex::decode(h).ok())
             .ok_or_else(|| deny("X-Slack-Signature is not v0=<hex>"))?;
-        let macs: Vec<[u8; 32]> = self
-            .secrets
-            .iter()
-            .map(|s| hmac_sha256(s.expose().as_bytes(), &[b"v0:", ts.as_bytes(), b":", body]))
-            .collect();
-        if any_ct_eq(&given, macs.iter().map(|m| &m[..])) {
+        if signed_by_any(&self.secrets, &[b"v0:", ts.as_bytes(), b":", body], &given) {
             Ok(())
         } else {
             Err(deny("X-Slack-Signature does not match the body"))

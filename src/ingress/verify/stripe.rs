@@ -1,11 +1,10 @@
 //! `kind = "stripe"`: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=...]`, the hex
 //! HMAC-SHA256 of `"{t}.{body}"` keyed with the whole `whsec_...` text.
 
-use super::{any_ct_eq, deny, exposed, need, secrets, DedupeSource, Kind, Tolerance};
+use super::{any_ct_eq, deny, exposed, need, secrets, sha256_macs, DedupeSource, Kind, Tolerance};
 use crate::config::{Problems, RawSecret};
 use crate::ingress::{Headers, IngressError};
 use crate::secret::Secret;
-use crate::signing::hmac_sha256;
 use crate::template::Pointer;
 use crate::time::Timestamp;
 use serde::Deserialize;
@@ -74,11 +73,7 @@ impl Kind for Stripe {
             return Err(deny("Stripe-Signature has no v1= signature"));
         }
         let ts = ts.to_string();
-        let macs: Vec<[u8; 32]> = self
-            .secrets
-            .iter()
-            .map(|s| hmac_sha256(s.expose().as_bytes(), &[ts.as_bytes(), b".", body]))
-            .collect();
+        let macs = sha256_macs(&self.secrets, &[ts.as_bytes(), b".", body]);
         let ok = v1.iter().fold(false, |acc, g| {
             acc | any_ct_eq(g, macs.iter().map(|m| &m[..]))
         });
