@@ -68,7 +68,7 @@ fn assert_done_run(run: &Value, cb: &CallbackRecord, rx_url: &str, status: &str,
     assert_eq!(deliveries.len(), 1, "one callback configured: {run}");
     let d = &deliveries[0];
     assert_eq!(d["url"], rx_url, "{run}");
-    assert_eq!(d["state"], "succeeded", "{run}");
+    assert_eq!(d["state"], "delivered", "{run}");
     assert_eq!(
         d["webhook_id"],
         json!(cb.webhook_id),
@@ -333,7 +333,7 @@ async fn slate_429_and_503_on_start_are_retried_honouring_retry_after() {
 
     let run = d.wait_done(&id).await;
     assert_eq!(run["status"], "succeeded", "{run}");
-    assert_eq!(run["deliveries"][0]["state"], "succeeded", "{run}");
+    assert_eq!(run["deliveries"][0]["state"], "delivered", "{run}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +363,7 @@ async fn slate_400_on_start_fails_the_run_with_the_vendor_error() {
     let run = d.wait_done(&id).await;
     assert_eq!(run["status"], "failed", "{run}");
     assert!(mentions(&run["error"], "inputs must be an object"), "{run}");
-    assert_eq!(run["deliveries"][0]["state"], "succeeded", "{run}");
+    assert_eq!(run["deliveries"][0]["state"], "delivered", "{run}");
     // A non-429 4xx is final: not retried.
     assert_eq!(slate.create_count(), 1, "{:?}", slate.create_calls());
     assert_eq!(slate.distinct_runs(), 0);

@@ -102,8 +102,8 @@ async fn allow_destinations_admits_a_name_and_a_literal_but_nothing_else() {
             .map(|x| x["state"].clone())
             .unwrap_or(Value::Null)
     };
-    assert_eq!(state(&by_name), "succeeded", "{run}");
-    assert_eq!(state(&rx.url()), "succeeded", "{run}");
+    assert_eq!(state(&by_name), "delivered", "{run}");
+    assert_eq!(state(&rx.url()), "delivered", "{run}");
     assert_eq!(state(&private), "refused", "{run}");
 }
 
@@ -186,7 +186,7 @@ async fn heavy_a_200_mb_answer_is_read_only_up_to_the_bound() {
     let d = start(&cfg).await;
     let id = d.trigger("gh", "big-1", "acme/big").await;
     let run = d.wait_done(&id).await;
-    assert_eq!(run["deliveries"][0]["state"], "succeeded", "{run}");
+    assert_eq!(run["deliveries"][0]["state"], "delivered", "{run}");
     let text = d
         .http
         .get(d.url("/metrics"))

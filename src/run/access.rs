@@ -199,7 +199,7 @@ impl Run {
     /// the retry schedule.
     pub fn hold_delivery(&mut self, i: usize, until: Timestamp) {
         if let Some(d) = self.deliveries.get_mut(i) {
-            if d.state == super::DeliveryState::Pending {
+            if d.state.is_open() {
                 d.next_attempt_at = Some(until);
             }
         }

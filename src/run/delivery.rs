@@ -50,12 +50,20 @@ pub struct EventRecord {
     pub raw_status: Option<String>,
 }
 
-/// State of one callback delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// State of one callback delivery. These six names are the ones the admin
+/// API, the CLI, the console and the README use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
+    /// Not attempted yet.
     Pending,
-    Succeeded,
+    /// At least one attempt failed; another is scheduled.
+    Failing,
+    /// The receiver answered 2xx (`succeeded` in records written before
+    /// the states were named).
+    #[serde(alias = "succeeded")]
+    Delivered,
+    /// Every scheduled attempt failed; only a redelivery tries again.
     Dead,
     /// The destination was refused by the SSRF guard: terminal, since
     /// retrying the same URL would be refused again.
@@ -63,6 +71,25 @@ pub enum DeliveryState {
     /// The receiver answered 410 Gone (to this or an earlier event of the
     /// run): the callback is disabled for the rest of the run.
     Gone,
+}
+
+impl DeliveryState {
+    /// Still to be attempted (pending or failing): what keeps a run out of `done`.
+    pub fn is_open(self) -> bool {
+        matches!(self, DeliveryState::Pending | DeliveryState::Failing)
+    }
+
+    /// The name the API and the README use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Failing => "failing",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+            DeliveryState::Refused => "refused",
+            DeliveryState::Gone => "gone",
+        }
+    }
 }
 
 /// One HTTP attempt of a delivery, as operators need to see it.
@@ -97,9 +124,10 @@ impl Delivery {
     pub fn record(&mut self, attempt: Attempt, succeeded: bool, next: Option<Timestamp>) {
         self.attempts.push(attempt);
         if succeeded {
-            self.state = DeliveryState::Succeeded;
+            self.state = DeliveryState::Delivered;
             self.next_attempt_at = None;
         } else if let Some(at) = next {
+            self.state = DeliveryState::Failing;
             self.next_attempt_at = Some(at);
         } else {
             self.state = DeliveryState::Dead;
@@ -116,6 +144,6 @@ impl Delivery {
 
     /// Whether this delivery should be attempted at `now`.
     pub fn is_due(&self, now: Timestamp) -> bool {
-        self.state == DeliveryState::Pending && self.next_attempt_at.is_some_and(|t| t <= now)
+        self.state.is_open() && self.next_attempt_at.is_some_and(|t| t <= now)
     }
 }

@@ -264,7 +264,7 @@ impl Run {
         let next_delivery = self
             .deliveries
             .iter()
-            .filter(|d| d.state == DeliveryState::Pending)
+            .filter(|d| d.state.is_open())
             .filter_map(|d| d.next_attempt_at)
             .min();
         let due = match (poll, next_delivery) {
@@ -322,7 +322,7 @@ impl Run {
         d.attempts.push(attempt);
         let url = d.url.clone();
         for d in self.deliveries.iter_mut().filter(|d| d.url == url) {
-            if d.state == DeliveryState::Pending {
+            if d.state.is_open() {
                 d.state = DeliveryState::Gone;
                 d.next_attempt_at = None;
             }
@@ -585,7 +585,7 @@ impl Run {
         let next = self
             .deliveries
             .iter()
-            .filter(|d| d.state == DeliveryState::Pending)
+            .filter(|d| d.state.is_open())
             .filter_map(|d| d.next_attempt_at)
             .min();
         match next {

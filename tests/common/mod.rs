@@ -792,9 +792,10 @@ impl Daemon {
     pub async fn wait_done(&self, id: &str) -> Value {
         self.wait_run(id, "phase done", |r| {
             r["phase"] == "done"
-                && r["deliveries"]
-                    .as_array()
-                    .is_some_and(|ds| ds.iter().all(|d| d["state"] != "pending"))
+                && r["deliveries"].as_array().is_some_and(|ds| {
+                    ds.iter()
+                        .all(|d| d["state"] != "pending" && d["state"] != "failing")
+                })
         })
         .await
     }
