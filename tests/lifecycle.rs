@@ -212,6 +212,17 @@ async fn a_second_daemon_on_the_same_store_exits_1_and_leaves_the_first_serving(
         !String::from_utf8_lossy(&out.stdout).contains("listening on"),
         "the second daemon must not listen"
     );
+    // sled's lock is an flock held by the first process: across processes
+    // it must fail, and the message must say what to do about it.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another runbridge process"),
+        "the refusal names the cause: {err}"
+    );
+    assert!(
+        err.contains(&d.dir().join("db").display().to_string()),
+        "the refusal names the store's path: {err}"
+    );
 
     let id = d.trigger("gh", "dlv-after-second", "acme/app").await;
     let run = d.wait_done(&id).await;
