@@ -249,6 +249,7 @@ async fn list_runs(
         status,
         before,
         limit,
+        ..Default::default()
     };
     let store = state.store.clone();
     let runs = tokio::task::spawn_blocking(move || store.list_runs(&q))
