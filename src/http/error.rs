@@ -104,7 +104,9 @@ impl ApiError {
                 AdminError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
                 AdminError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code),
                 AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-                AdminError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
+                AdminError::Conflict { code, .. } | AdminError::ConflictWith { code, .. } => {
+                    (StatusCode::CONFLICT, *code)
+                }
                 AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
                 AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             },
@@ -147,6 +149,13 @@ impl IntoResponse for ApiError {
             _ => self.to_string(),
         };
         let mut body = json!({ "error": code, "message": message });
+        if let ApiError::Admin(AdminError::ConflictWith { extra, .. }) = &self {
+            for (k, v) in extra {
+                if k != "error" && k != "message" {
+                    body[k] = v.clone();
+                }
+            }
+        }
         if let ApiError::InvalidConfig(problems) = &self {
             body["problems"] = problems
                 .iter()
