@@ -85,6 +85,8 @@ impl FaultCell {
 pub(super) struct Shared {
     pub(super) path: PathBuf,
     pub(super) cache_capacity: u64,
+    /// Whether the run index is maintained (see [`super::SledStore::open_unindexed`]).
+    pub(super) indexed: bool,
     /// The open database; `None` while recovery reopens it.
     pub(super) current: RwLock<Option<Arc<Inner>>>,
     pub(super) fault: FaultCell,
@@ -166,7 +168,7 @@ impl Shared {
             }
             drop(old);
         }
-        let inner = Inner::open(&self.path, self.cache_capacity)?;
+        let inner = Inner::open(&self.path, self.cache_capacity, self.indexed)?;
         let probe = inner.probe();
         // Installed even when the probe fails, so reads keep working; the
         // next attempt drops it again.

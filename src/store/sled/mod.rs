@@ -32,13 +32,24 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod fault;
+mod index;
+mod query;
 mod trees;
 
 use fault::{recover_loop, FaultCell, Shared};
-use trees::{parse_dedupe_value, DueIndex, RetentionMeta, Trees};
+use index::IndexKeys;
+use trees::{parse_dedupe_value, DueIndex, IndexRepair, RetentionMeta, StaleKey, Trees};
+
+/// Default-tree key holding the index layout version once the index is
+/// complete (absent in stores written before the index existed).
+const INDEX_MARKER: &str = "runbridge.index";
+/// Default-tree key written by a clean close and removed at open: absent
+/// at open means a crash (or an in-process reopen), so the index is verified.
+const CLEAN_MARKER: &str = "runbridge.clean";
 
 /// Largest batch the applier takes from the queue at once.
 const MAX_BATCH: usize = 2048;
@@ -49,11 +60,13 @@ enum Op {
         record: Vec<u8>,
         due: Option<Timestamp>,
         dedupe: Option<DedupeKey>,
+        index: IndexKeys,
     },
     Save {
         id: RunId,
         record: Vec<u8>,
         due: Option<Timestamp>,
+        index: IndexKeys,
     },
     ForgetDue {
         at: Timestamp,
@@ -64,6 +77,8 @@ enum Op {
     /// Finished runs past retention: (run key, stored record as seen), each
     /// removed with its due entry and dedupe key only if still unchanged.
     ForgetRuns(Vec<(sled::IVec, sled::IVec)>),
+    /// Index keys readers found stale; each removed only if still stale.
+    ForgetIndex(Vec<StaleKey>),
     /// An operator setting: set, or with `None` removed.
     PutMeta {
         key: String,
@@ -88,11 +103,13 @@ struct Inner {
     trees: Trees,
     /// Unfinished runs found when this database was opened.
     unfinished: usize,
+    /// How long building the index took at this open, if it had to be built.
+    index_built: Option<Duration>,
 }
 
 impl Inner {
     /// Opens the directory, loads the due index and repairs it.
-    fn open(path: &Path, cache_capacity: u64) -> Result<Inner, StoreError> {
+    fn open(path: &Path, cache_capacity: u64, indexed: bool) -> Result<Inner, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity)
@@ -114,12 +131,47 @@ impl Inner {
             dedupe: db.open_tree("dedupe").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
             due: DueIndex::load(db.open_tree("due").map_err(backend)?)?,
+            idx_runs: db.open_tree("idx_runs").map_err(backend)?,
+            idx_deliveries: db.open_tree("idx_deliveries").map_err(backend)?,
+            indexed,
         };
-        let unfinished = trees.repair()?;
+        // Removed before any write, so it is gone from disk as soon as
+        // anything written after it is.
+        let clean = db.remove(CLEAN_MARKER).map_err(backend)?.is_some();
+        let current = db.get(INDEX_MARKER).map_err(backend)?;
+        let mode = match (indexed, current.as_deref() == Some(index::VERSION), clean) {
+            (false, _, _) => {
+                // Writes will not maintain it: the next indexed open rebuilds.
+                db.remove(INDEX_MARKER).map_err(backend)?;
+                IndexRepair::None
+            }
+            (true, false, _) => IndexRepair::Build,
+            (true, true, false) => IndexRepair::Verify,
+            (true, true, true) => IndexRepair::None,
+        };
+        let started = Instant::now();
+        if mode == IndexRepair::Build {
+            // A partial index from an interrupted build is completed by
+            // this one (inserts are idempotent), but stale keys of an older
+            // layout would linger: start from empty.
+            trees.idx_runs.clear().map_err(backend)?;
+            trees.idx_deliveries.clear().map_err(backend)?;
+            tracing::info!(runs = trees.runs.len(), "building the run index (once)");
+        }
+        let unfinished = trees.repair(mode)?;
+        let mut index_built = None;
+        if mode == IndexRepair::Build {
+            db.insert(INDEX_MARKER, index::VERSION).map_err(backend)?;
+            db.flush().map_err(backend)?;
+            let took = started.elapsed();
+            tracing::info!(took_ms = took.as_millis() as u64, "run index built");
+            index_built = Some(took);
+        }
         Ok(Inner {
             db,
             trees,
             unfinished,
+            index_built,
         })
     }
 
@@ -142,6 +194,7 @@ pub struct SledStore {
     tx: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     unfinished_at_open: usize,
+    index_built_at_open: Option<Duration>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -150,13 +203,33 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 impl SledStore {
     /// Opens (or creates) the store. A directory held by another process is
-    /// reported as such, not as an obscure I/O error.
+    /// reported as such, not as an obscure I/O error. A store written before
+    /// the run index existed gets it built here, once.
     pub fn open(path: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
-        let inner = Inner::open(path, cache_capacity)?;
+        Self::open_with(path, cache_capacity, true)
+    }
+
+    /// Opens the store without maintaining the run index: queries scan, and
+    /// the next [`SledStore::open`] rebuilds the index. Only for measuring
+    /// what the index costs (the admin-index bench's baseline).
+    pub fn open_unindexed(path: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+        Self::open_with(path, cache_capacity, false)
+    }
+
+    /// How long building the run index took at open, if this open had to
+    /// build it (reported by the bench and logged).
+    pub fn index_built_at_open(&self) -> Option<Duration> {
+        self.index_built_at_open
+    }
+
+    fn open_with(path: &Path, cache_capacity: u64, indexed: bool) -> Result<Self, StoreError> {
+        let inner = Inner::open(path, cache_capacity, indexed)?;
         let unfinished = inner.unfinished;
+        let index_built_at_open = inner.index_built;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             cache_capacity,
+            indexed,
             current: RwLock::new(Some(Arc::new(inner))),
             fault: FaultCell::default(),
             closed: AtomicBool::new(false),
@@ -188,6 +261,7 @@ impl SledStore {
             tx: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![applier, flusher, recovery]),
             unfinished_at_open: unfinished,
+            index_built_at_open,
         })
     }
 
@@ -207,6 +281,32 @@ impl SledStore {
             tx.send(Job { op, reply }).map_err(|_| StoreError::Closed)?;
         }
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues stale index keys for removal without waiting (readers call
+    /// this; the applier checks each key again before removing it).
+    fn forget_stale(&self, stale: Vec<StaleKey>) {
+        if stale.is_empty() || self.shared.fault.is_set() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        if let Ok(guard) = self.tx.lock() {
+            if let Some(tx) = guard.as_ref() {
+                let _ = tx.send(Job {
+                    op: Op::ForgetIndex(stale),
+                    reply,
+                });
+            }
+        }
+    }
+
+    /// The index keys of `run` to write with it (none without the index).
+    fn keys_of(&self, run: &Run) -> IndexKeys {
+        if self.shared.indexed {
+            index::IndexMeta::of(run).keys()
+        } else {
+            IndexKeys::default()
+        }
     }
 }
 
@@ -325,6 +425,7 @@ impl Store for SledStore {
             record: encode(run)?,
             due: run.due_at(),
             dedupe,
+            index: self.keys_of(run),
         };
         self.submit(op).await
     }
@@ -334,6 +435,7 @@ impl Store for SledStore {
             id: run.id(),
             record: encode(run)?,
             due: run.due_at(),
+            index: self.keys_of(run),
         };
         self.submit(op).await.map(|_| ())
     }
@@ -348,48 +450,18 @@ impl Store for SledStore {
 
     fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError> {
         let inner = self.inner()?;
-        let iter = match q.before {
-            Some(b) => inner.trees.runs.range(..b.to_bytes().to_vec()),
-            None => inner.trees.runs.iter(),
-        };
-        let mut out = Vec::new();
-        for item in iter.rev() {
-            if out.len() >= q.limit {
-                break;
-            }
-            let (_, v) = item.map_err(backend)?;
-            let run = decode(&v)?;
-            if q.matches(&run) {
-                out.push(run);
-            }
-        }
-        Ok(out)
+        let mut stale = Vec::new();
+        let runs = query::list_runs(&inner.trees, q, &mut stale);
+        self.forget_stale(stale);
+        runs
     }
 
     fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, StoreError> {
         let inner = self.inner()?;
-        let iter = match q.before {
-            // The cursor's own run may still have lower indexes to show.
-            Some((b, _)) => inner.trees.runs.range(..=b.to_bytes().to_vec()),
-            None => inner.trees.runs.iter(),
-        };
-        let mut out = Vec::new();
-        for item in iter.rev() {
-            if out.len() >= q.limit {
-                break;
-            }
-            let (_, v) = item.map_err(backend)?;
-            let run = decode(&v)?;
-            for i in (0..run.deliveries().len() as u32).rev() {
-                if out.len() >= q.limit {
-                    break;
-                }
-                if q.matches(&run, i) {
-                    out.push((run.clone(), i));
-                }
-            }
-        }
-        Ok(out)
+        let mut stale = Vec::new();
+        let found = query::list_deliveries(&inner.trees, q, &mut stale);
+        self.forget_stale(stale);
+        found
     }
 
     async fn put_meta(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
@@ -541,6 +613,8 @@ impl Store for SledStore {
                 return Err(shared.unavailable());
             }
             let inner = shared.inner()?;
+            // Tells the next open that the index needs no verification.
+            inner.db.insert(CLEAN_MARKER, &[1]).map_err(backend)?;
             inner.db.flush().map(|_| ()).map_err(|e| {
                 shared.report(format!("flush failed: {e}"));
                 backend(e)
@@ -551,5 +625,7 @@ impl Store for SledStore {
     }
 }
 
+#[cfg(test)]
+mod index_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The trees and their crash-safe write order, applied by the one applier thread.
 
+use super::index::{IndexKeys, IndexMeta};
 use super::{backend, Op};
 use crate::run::{Phase, RunId};
 use crate::store::{Created, DedupeKey, StoreError};
@@ -109,17 +110,24 @@ pub(super) struct RetentionMeta {
     pub(super) delivery_id: Option<String>,
 }
 
-/// The three trees, written only by the applier thread.
+/// The trees, written only by the applier thread.
 ///
 /// No sled transactions or batches: in sled 0.34 using either once makes
 /// every later read take a global lock, which stalls readers (the scheduler,
 /// the admin API) behind each write. The single applier already serializes
 /// writes; crash consistency comes from the write order instead:
-/// - create: dedupe key, then run, then due entry. A dedupe key whose run is
-///   missing is ignored; a run without its due entry is repaired at open.
-/// - save: new due entry, then run, then removal of the old due entry. A due
-///   entry that disagrees with its run's `due_at` is stale and is dropped
-///   when it comes due ([`Store::forget_due`]).
+/// - create: dedupe key, then index keys, then run, then due entry. A dedupe
+///   key whose run is missing is ignored; index keys whose run is missing
+///   are skipped by readers (and queued for removal); a run without its due
+///   entry is repaired at open.
+/// - save: new index keys and new due entry, then run, then removal of the
+///   old index keys and the old due entry. A durable run therefore always
+///   has its index keys; an index key that disagrees with its run is stale:
+///   readers re-check every run against the whole query, so it costs one
+///   lookup and is queued for removal ([`Op::ForgetIndex`]). A due entry
+///   that disagrees with its run's `due_at` is stale and is dropped when it
+///   comes due ([`Store::forget_due`]).
+/// - retention: dedupe key, due entry, run, then its index keys.
 #[derive(Clone)]
 pub(super) struct Trees {
     pub(super) runs: sled::Tree,
@@ -127,6 +135,38 @@ pub(super) struct Trees {
     /// Operator settings ([`Store::put_meta`]): key -> bytes.
     pub(super) meta: sled::Tree,
     pub(super) due: DueIndex,
+    /// Secondary index of runs (see `index.rs`): key -> empty.
+    pub(super) idx_runs: sled::Tree,
+    /// Failing and dead deliveries (see `index.rs`): key -> empty.
+    pub(super) idx_deliveries: sled::Tree,
+    /// Whether the index is maintained (off only in the bench's baseline).
+    pub(super) indexed: bool,
+}
+
+/// Which index tree a key lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IndexTree {
+    Runs,
+    Deliveries,
+}
+
+/// An index key a reader found disagreeing with its run (or without one).
+#[derive(Debug, Clone)]
+pub(super) struct StaleKey {
+    pub(super) id: RunId,
+    pub(super) tree: IndexTree,
+    pub(super) key: Vec<u8>,
+}
+
+/// What [`Trees::repair`] does to the index at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IndexRepair {
+    /// Closed cleanly with the index current: nothing.
+    None,
+    /// After a crash: add any key a run lacks.
+    Verify,
+    /// No index yet (a store written before it existed): build it.
+    Build,
 }
 
 impl Trees {
@@ -137,6 +177,7 @@ impl Trees {
                 record,
                 due: at,
                 dedupe: dk,
+                index,
             } => {
                 if let Some(d) = dk {
                     let key = dedupe_key(d);
@@ -145,6 +186,7 @@ impl Trees {
                     }
                     self.dedupe.insert(key, &dedupe_value(*id, d.expires_at))?;
                 }
+                self.insert_keys(index)?;
                 self.runs.insert(id.to_bytes(), record.as_slice())?;
                 if let Some(at) = at {
                     self.due.insert(*at, *id)?;
@@ -155,17 +197,24 @@ impl Trees {
                 id,
                 record,
                 due: at,
+                index,
             } => {
                 let key = id.to_bytes();
-                let old_at = self
-                    .runs
-                    .get(key)?
-                    .and_then(|old| serde_json::from_slice::<RunMeta>(&old).ok())
-                    .and_then(|m| m.due_at);
+                let old = self.runs.get(key)?;
+                let (old_at, old_keys) = match &old {
+                    Some(old) if self.indexed => match IndexMeta::decode(old) {
+                        Some(m) => (m.due_at, m.keys()),
+                        None => (due_of(old), IndexKeys::default()),
+                    },
+                    Some(old) => (due_of(old), IndexKeys::default()),
+                    None => (None, IndexKeys::default()),
+                };
+                self.insert_keys(&index.minus(&old_keys))?;
                 if let Some(at) = at {
                     self.due.insert(*at, *id)?;
                 }
                 self.runs.insert(key, record.as_slice())?;
+                self.remove_keys(&old_keys.minus(index))?;
                 if let Some(old_at) = old_at.filter(|o| Some(*o) != *at) {
                     self.due.remove(old_at, *id)?;
                 }
@@ -214,6 +263,28 @@ impl Trees {
                         self.due.remove(at, m.id)?;
                     }
                     self.runs.remove(key)?;
+                    if let Some(m) = IndexMeta::decode(record).filter(|_| self.indexed) {
+                        self.remove_keys(&m.keys())?;
+                    }
+                }
+                Ok(Created::New)
+            }
+            Op::ForgetIndex(stale) => {
+                for s in stale {
+                    // Only if still stale: the reader may have seen a write
+                    // in progress (keys go in before their run).
+                    let current = self
+                        .runs
+                        .get(s.id.to_bytes())?
+                        .and_then(|r| IndexMeta::decode(&r))
+                        .map(|m| m.keys());
+                    let valid = current.is_some_and(|k| match s.tree {
+                        IndexTree::Runs => k.runs.contains(&s.key),
+                        IndexTree::Deliveries => k.deliveries.contains(&s.key),
+                    });
+                    if !valid {
+                        self.tree(s.tree).remove(&s.key)?;
+                    }
                 }
                 Ok(Created::New)
             }
@@ -225,6 +296,50 @@ impl Trees {
                 Ok(Created::New)
             }
         }
+    }
+
+    pub(super) fn tree(&self, t: IndexTree) -> &sled::Tree {
+        match t {
+            IndexTree::Runs => &self.idx_runs,
+            IndexTree::Deliveries => &self.idx_deliveries,
+        }
+    }
+
+    fn insert_keys(&self, keys: &IndexKeys) -> sled::Result<()> {
+        for k in &keys.runs {
+            self.idx_runs.insert(k.as_slice(), &[])?;
+        }
+        for k in &keys.deliveries {
+            self.idx_deliveries.insert(k.as_slice(), &[])?;
+        }
+        Ok(())
+    }
+
+    fn remove_keys(&self, keys: &IndexKeys) -> sled::Result<()> {
+        for k in &keys.runs {
+            self.idx_runs.remove(k.as_slice())?;
+        }
+        for k in &keys.deliveries {
+            self.idx_deliveries.remove(k.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Adds the keys of `keys` missing from the index; how many were.
+    fn add_missing(&self, keys: &IndexKeys) -> sled::Result<usize> {
+        let mut added = 0;
+        for (tree, ks) in [
+            (&self.idx_runs, &keys.runs),
+            (&self.idx_deliveries, &keys.deliveries),
+        ] {
+            for k in ks {
+                if !tree.contains_key(k.as_slice())? {
+                    tree.insert(k.as_slice(), &[])?;
+                    added += 1;
+                }
+            }
+        }
+        Ok(added)
     }
 
     /// The run a live, unexpired dedupe key points at, if that run exists.
@@ -241,16 +356,29 @@ impl Trees {
     }
 
     /// Re-creates the due entry of every unfinished run that lacks one (a
-    /// crash between the writes of one operation) and counts unfinished runs.
-    pub(super) fn repair(&self) -> Result<usize, StoreError> {
+    /// crash between the writes of one operation), counts unfinished runs,
+    /// and builds or verifies the index as `index` says (in the same pass,
+    /// so a store without an index pays one extra walk of its runs, once).
+    /// Stale index keys are left to readers, which skip and queue them.
+    pub(super) fn repair(&self, index: IndexRepair) -> Result<usize, StoreError> {
         let mut unfinished = 0;
         let mut repaired = 0;
+        let mut keys_added = 0;
         for item in self.runs.iter() {
             let (k, v) = item.map_err(backend)?;
             let Ok(meta) = serde_json::from_slice::<RunMeta>(&v) else {
                 tracing::error!(key = ?k, "undecodable run record left alone");
                 continue;
             };
+            match (index, IndexMeta::decode(&v)) {
+                (IndexRepair::None, _) | (_, None) => {}
+                (IndexRepair::Verify, Some(m)) => {
+                    keys_added += self.add_missing(&m.keys()).map_err(backend)?;
+                }
+                (IndexRepair::Build, Some(m)) => {
+                    self.insert_keys(&m.keys()).map_err(backend)?;
+                }
+            }
             if meta.phase == Phase::Done {
                 continue;
             }
@@ -264,6 +392,16 @@ impl Trees {
         if repaired > 0 {
             tracing::warn!(repaired, "restored due entries of runs cut off by a crash");
         }
+        if keys_added > 0 {
+            tracing::warn!(keys_added, "restored index keys of runs cut off by a crash");
+        }
         Ok(unfinished)
     }
+}
+
+/// The `due_at` of a stored record, when its index fields cannot be read.
+fn due_of(record: &[u8]) -> Option<Timestamp> {
+    serde_json::from_slice::<RunMeta>(record)
+        .ok()
+        .and_then(|m| m.due_at)
 }
