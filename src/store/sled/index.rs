@@ -4,9 +4,10 @@
 //! Two trees, empty values, every key ending in the 16-byte run id (a ULID,
 //! so ids sort by creation time and newest first is reverse iteration):
 //!
-//! - `idx_runs`: one key per run and field, a tag byte first:
-//!   route+status, route, status, provider, phase, and delivery id+route
-//!   (a prefix of which serves a delivery id alone). Strings end in NUL.
+//! - `idx_runs`: a few keys per run, a tag byte first: route+status,
+//!   status+phase, provider, and delivery id+route (a prefix of which serves
+//!   a delivery id alone). Route, status or phase alone read the union of
+//!   the prefixes naming them. Strings end in NUL.
 //! - `idx_deliveries`: one key per failing or dead delivery, by state then
 //!   run id then delivery index (across routes), and by state, route, run
 //!   id, index (one route). Those are the deliveries an operator must see.
@@ -20,13 +21,32 @@ use crate::store::{DeliveryQuery, RunQuery};
 use crate::time::Timestamp;
 use serde::Deserialize;
 
-/// Tags of `idx_runs` keys.
+/// Tags of `idx_runs` keys. Route alone is the union of a route's eight
+/// route+status prefixes, status alone the union of its five status+phase
+/// prefixes, phase alone the union over statuses: three keys per run (four
+/// with a delivery id), and a transition moves at most two.
 const ROUTE_STATUS: u8 = 1;
-const ROUTE: u8 = 2;
-const STATUS: u8 = 3;
+const STATUS_PHASE: u8 = 3;
 const PROVIDER: u8 = 4;
-const PHASE: u8 = 5;
 const DELIVERY_ID: u8 = 6;
+
+const STATUSES: [RunStatus; 8] = [
+    RunStatus::Queued,
+    RunStatus::Starting,
+    RunStatus::Running,
+    RunStatus::Waiting,
+    RunStatus::Succeeded,
+    RunStatus::Failed,
+    RunStatus::Canceled,
+    RunStatus::TimedOut,
+];
+const PHASES: [Phase; 5] = [
+    Phase::Accepted,
+    Phase::Starting,
+    Phase::Tracking,
+    Phase::Terminal,
+    Phase::Done,
+];
 
 /// Tags of `idx_deliveries` keys.
 const BY_STATE: u8 = 1;
@@ -44,7 +64,7 @@ const ID_TIME_SLACK_MS: u64 = 60_000;
 
 /// The version of the key layout; a store whose marker differs (or has
 /// none: written before the index existed) gets its index built at open.
-pub(super) const VERSION: &[u8] = b"1";
+pub(super) const VERSION: &[u8] = b"2";
 
 fn status_code(s: RunStatus) -> u8 {
     match s {
@@ -157,12 +177,11 @@ impl IndexMeta {
     pub(super) fn keys(&self) -> IndexKeys {
         let id = self.id.to_bytes();
         let route = self.route.as_bytes();
+        let (status, phase) = (status_code(self.status), phase_code(self.phase));
         let mut runs = vec![
-            key(&[&[ROUTE_STATUS], route, &[0, status_code(self.status)], &id]),
-            key(&[&[ROUTE], route, &[0], &id]),
-            key(&[&[STATUS, status_code(self.status)], &id]),
+            key(&[&[ROUTE_STATUS], route, &[0, status], &id]),
+            key(&[&[STATUS_PHASE, status, phase], &id]),
             key(&[&[PROVIDER], self.provider.as_bytes(), &[0], &id]),
-            key(&[&[PHASE, phase_code(self.phase)], &id]),
         ];
         if let Some(d) = &self.delivery_id {
             runs.push(key(&[&[DELIVERY_ID], d.as_bytes(), &[0], route, &[0], &id]));
@@ -217,53 +236,74 @@ pub(super) enum Plan {
     Empty,
     /// No indexed field: walk the runs tree itself within the id range.
     Scan { lo: u128, hi: u128 },
-    /// Intersect these key prefixes (each followed by the run id) within
-    /// the id range; `any_route_delivery_id` is a delivery id without a
-    /// route, whose keys (prefix `[tag, id, NUL]`) must be collected and
-    /// sorted, since the route sits between that prefix and the run id.
+    /// Intersect these streams within the id range: each stream is the
+    /// union of key prefixes (each followed by the run id).
+    /// `any_route_delivery_id` is a delivery id without a route, whose keys
+    /// (prefix `[tag, id, NUL]`) must be collected and sorted, since the
+    /// route sits between that prefix and the run id.
     Index {
         lo: u128,
         hi: u128,
-        prefixes: Vec<Vec<u8>>,
+        streams: Vec<Vec<Vec<u8>>>,
         any_route_delivery_id: Option<Vec<u8>>,
     },
 }
 
-/// The plan of a runs query: every field it names becomes one index
-/// stream (route and status together as one), and the streams are
-/// intersected, so the cost follows the rarest field, not the first.
+/// The plan of a runs query: every field it names narrows one index
+/// stream, and the streams are intersected, so the cost follows the rarest
+/// field, not the first.
 pub(super) fn plan_runs(q: &RunQuery) -> Plan {
     let Some((lo, hi)) = id_bounds(q.since, q.until, q.before.map(id_num)) else {
         return Plan::Empty;
     };
     let route = q.route.as_deref().map(str::as_bytes);
-    let mut prefixes = Vec::new();
+    let mut streams: Vec<Vec<Vec<u8>>> = Vec::new();
     let mut any_route_delivery_id = None;
     match (&q.delivery_id, route) {
-        (Some(d), Some(r)) => prefixes.push(key(&[&[DELIVERY_ID], d.as_bytes(), &[0], r, &[0]])),
+        (Some(d), Some(r)) => {
+            streams.push(vec![key(&[&[DELIVERY_ID], d.as_bytes(), &[0], r, &[0]])])
+        }
         (Some(d), None) => any_route_delivery_id = Some(key(&[&[DELIVERY_ID], d.as_bytes(), &[0]])),
         (None, _) => {}
     }
-    match (route, q.status) {
-        (Some(r), Some(s)) => prefixes.push(key(&[&[ROUTE_STATUS], r, &[0, status_code(s)]])),
-        (Some(r), None) if q.delivery_id.is_none() => prefixes.push(key(&[&[ROUTE], r, &[0]])),
-        (Some(_), None) => {}
-        (None, Some(s)) => prefixes.push(vec![STATUS, status_code(s)]),
-        (None, None) => {}
+    let statuses: Vec<RunStatus> = match q.status {
+        Some(s) => vec![s],
+        None => STATUSES.to_vec(),
+    };
+    // The route narrows by route+status unless a delivery id already did.
+    if let Some(r) = route.filter(|_| q.delivery_id.is_none() || q.status.is_some()) {
+        streams.push(
+            statuses
+                .iter()
+                .map(|s| key(&[&[ROUTE_STATUS], r, &[0, status_code(*s)]]))
+                .collect(),
+        );
+    }
+    // Status and phase narrow by status+phase, unless the route+status
+    // stream already holds the status and no phase is asked for.
+    if q.phase.is_some() || (q.status.is_some() && route.is_none()) {
+        let phases: Vec<Phase> = match q.phase {
+            Some(p) => vec![p],
+            None => PHASES.to_vec(),
+        };
+        let mut union = Vec::new();
+        for s in &statuses {
+            for p in &phases {
+                union.push(vec![STATUS_PHASE, status_code(*s), phase_code(*p)]);
+            }
+        }
+        streams.push(union);
     }
     if let Some(p) = &q.provider {
-        prefixes.push(key(&[&[PROVIDER], p.as_bytes(), &[0]]));
+        streams.push(vec![key(&[&[PROVIDER], p.as_bytes(), &[0]])]);
     }
-    if let Some(p) = q.phase {
-        prefixes.push(vec![PHASE, phase_code(p)]);
-    }
-    if prefixes.is_empty() && any_route_delivery_id.is_none() {
+    if streams.is_empty() && any_route_delivery_id.is_none() {
         Plan::Scan { lo, hi }
     } else {
         Plan::Index {
             lo,
             hi,
-            prefixes,
+            streams,
             any_route_delivery_id,
         }
     }
@@ -338,10 +378,10 @@ mod tests {
             limit: 1,
             ..Default::default()
         };
-        let Plan::Index { prefixes, .. } = plan_runs(&q) else {
+        let Plan::Index { streams, .. } = plan_runs(&q) else {
             panic!("expected an index plan");
         };
-        assert_eq!(prefixes, vec![b"\x01gh\x00\x06".to_vec()]);
+        assert_eq!(streams, vec![vec![b"\x01gh\x00\x06".to_vec()]]);
         assert!(matches!(
             plan_runs(&RunQuery::default()),
             Plan::Scan {

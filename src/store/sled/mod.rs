@@ -2,7 +2,11 @@
 //!
 //! Trees: `runs` (run id -> JSON record), `dedupe` (route NUL delivery id ->
 //! run id ++ expiry), `due` (due ms big-endian ++ run id -> empty), so a
-//! range scan up to "now" yields due runs in time order.
+//! range scan up to "now" yields due runs in time order, `meta` (operator
+//! settings), and the index trees `idx_runs` and `idx_deliveries` (see
+//! `index.rs`), which the applier keeps with each run in the same batch and
+//! the admin queries walk newest first (`query.rs`). A store written before
+//! the index existed gets it built once at open (marker `runbridge.index`).
 //!
 //! Group commit: callers send encoded writes to one applier thread, which
 //! applies each batch (in a crash-safe write order, see [`Trees`]) and hands

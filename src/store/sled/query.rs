@@ -12,27 +12,42 @@ use crate::store::{DeliveryQuery, RunQuery, StoreError};
 
 /// One sorted source of candidate run ids.
 enum Stream<'a> {
-    /// Keys `prefix ++ id` in a tree.
-    Prefix(&'a sled::Tree, &'a [u8]),
+    /// Keys `prefix ++ id` in a tree, for any of these prefixes.
+    Prefixes(&'a sled::Tree, &'a [Vec<u8>]),
     /// Ids collected up front, ascending, with the key each came from.
     Ids(Vec<(u128, Vec<u8>)>),
+}
+
+/// The largest id after `prefix` within `lo..=hi`.
+fn seek_prefix(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    lo: u128,
+    hi: u128,
+) -> Result<Option<u128>, StoreError> {
+    let start = [prefix, &lo.to_be_bytes()[..]].concat();
+    let end = [prefix, &hi.to_be_bytes()[..]].concat();
+    for item in tree.range(start..=end).rev() {
+        let (k, _) = item.map_err(backend)?;
+        // A longer key belongs to another value sharing this prefix.
+        if k.len() == prefix.len() + ID_LEN {
+            return Ok(Some(id_from(&k[prefix.len()..])));
+        }
+    }
+    Ok(None)
 }
 
 impl Stream<'_> {
     /// The largest id of this stream within `lo..=hi`.
     fn seek(&self, lo: u128, hi: u128) -> Result<Option<u128>, StoreError> {
         match self {
-            Stream::Prefix(tree, prefix) => {
-                let start = [prefix, &lo.to_be_bytes()[..]].concat();
-                let end = [prefix, &hi.to_be_bytes()[..]].concat();
-                for item in tree.range(start..=end).rev() {
-                    let (k, _) = item.map_err(backend)?;
-                    // A longer key belongs to another value sharing this prefix.
-                    if k.len() == prefix.len() + ID_LEN {
-                        return Ok(Some(id_from(&k[prefix.len()..])));
-                    }
+            Stream::Prefixes(tree, prefixes) => {
+                let mut best = None;
+                for p in prefixes.iter() {
+                    let found = seek_prefix(tree, p, lo, hi)?;
+                    best = best.max(found);
                 }
-                Ok(None)
+                Ok(best)
             }
             Stream::Ids(ids) => {
                 let below = ids.partition_point(|(id, _)| *id <= hi);
@@ -44,11 +59,25 @@ impl Stream<'_> {
         }
     }
 
-    /// This stream's key for `id` (to check it against the run).
-    fn key_of(&self, id: u128) -> Option<Vec<u8>> {
+    /// This stream's keys for `id` present in the index (to check them
+    /// against the run).
+    fn keys_of(&self, id: u128) -> Result<Vec<Vec<u8>>, StoreError> {
         match self {
-            Stream::Prefix(_, prefix) => Some([prefix, &id.to_be_bytes()[..]].concat()),
-            Stream::Ids(ids) => ids.iter().find(|(i, _)| *i == id).map(|(_, k)| k.clone()),
+            Stream::Prefixes(tree, prefixes) => {
+                let mut found = Vec::new();
+                for p in prefixes.iter() {
+                    let k = [p, &id.to_be_bytes()[..]].concat();
+                    if tree.contains_key(&k).map_err(backend)? {
+                        found.push(k);
+                    }
+                }
+                Ok(found)
+            }
+            Stream::Ids(ids) => Ok(ids
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, k)| k.clone())
+                .collect()),
         }
     }
 }
@@ -109,9 +138,9 @@ pub(super) fn list_runs(
         Plan::Index {
             lo,
             hi,
-            prefixes,
+            streams,
             any_route_delivery_id,
-        } => (lo, hi, prefixes, any_route_delivery_id),
+        } => (lo, hi, streams, any_route_delivery_id),
     };
     let mut streams: Vec<Stream> = Vec::new();
     if let Some(p) = &any_route {
@@ -125,8 +154,32 @@ pub(super) fn list_runs(
         ids.sort();
         streams.push(Stream::Ids(ids));
     }
-    streams.extend(prefixes.iter().map(|p| Stream::Prefix(&trees.idx_runs, p)));
+    streams.extend(
+        prefixes
+            .iter()
+            .map(|p| Stream::Prefixes(&trees.idx_runs, p)),
+    );
 
+    if let [Stream::Prefixes(tree, [prefix])] = streams.as_slice() {
+        // One stream (route and status, the common case): one range walk.
+        let start = [prefix, &lo.to_be_bytes()[..]].concat();
+        let end = [prefix, &hi.to_be_bytes()[..]].concat();
+        for item in tree.range(start..=end).rev() {
+            let (k, _) = item.map_err(backend)?;
+            if k.len() != prefix.len() + ID_LEN {
+                continue;
+            }
+            let id = id_from(&k[prefix.len()..]);
+            match load(trees, id)? {
+                Some(run) if q.matches(&run) => out.push(run),
+                run => note_stale(run.as_ref(), id, &streams, stale)?,
+            }
+            if out.len() >= q.limit {
+                break;
+            }
+        }
+        return Ok(out);
+    }
     // Leapfrog: the newest id every stream holds, then the next below it.
     'next: while let Some(mut target) = streams[0].seek(lo, hi)? {
         let mut agree = 1;
@@ -145,7 +198,7 @@ pub(super) fn list_runs(
         }
         match load(trees, target)? {
             Some(run) if q.matches(&run) => out.push(run),
-            run => note_stale(run.as_ref(), target, &streams, stale),
+            run => note_stale(run.as_ref(), target, &streams, stale)?,
         }
         if out.len() >= q.limit || target == 0 {
             break;
@@ -156,17 +209,25 @@ pub(super) fn list_runs(
 }
 
 /// Records which of the streams' keys for `id` disagree with its run.
-fn note_stale(run: Option<&Run>, id: u128, streams: &[Stream], stale: &mut Vec<StaleKey>) {
+fn note_stale(
+    run: Option<&Run>,
+    id: u128,
+    streams: &[Stream],
+    stale: &mut Vec<StaleKey>,
+) -> Result<(), StoreError> {
     let keys = run.map(|r| IndexMeta::of(r).keys()).unwrap_or_default();
     for s in streams {
-        if let Some(key) = s.key_of(id).filter(|k| !keys.runs.contains(k)) {
-            stale.push(StaleKey {
-                id: run_id(id),
-                tree: IndexTree::Runs,
-                key,
-            });
+        for key in s.keys_of(id)? {
+            if !keys.runs.contains(&key) {
+                stale.push(StaleKey {
+                    id: run_id(id),
+                    tree: IndexTree::Runs,
+                    key,
+                });
+            }
         }
     }
+    Ok(())
 }
 
 /// Deliveries matching `q`, newest run first (then highest index first).
