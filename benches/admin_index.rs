@@ -130,46 +130,69 @@ fn shapes(i: usize, rng: &mut Rng) -> (Run, Option<Run>) {
     (run, Some(done))
 }
 
-/// Seeds `n` runs; returns (ids, creates/s, saves/s).
-async fn seed(store: &Arc<SledStore>, n: usize) -> (Vec<RunId>, f64, f64) {
+/// Time spent and writes made seeding one store.
+#[derive(Default)]
+struct Rate {
+    creates: usize,
+    saves: usize,
+    create_time: Duration,
+    save_time: Duration,
+}
+
+impl Rate {
+    fn creates_per_s(&self) -> f64 {
+        self.creates as f64 / self.create_time.as_secs_f64()
+    }
+
+    fn saves_per_s(&self) -> f64 {
+        self.saves as f64 / self.save_time.as_secs_f64()
+    }
+}
+
+/// Writes one batch: every run created concurrently (as ingress does),
+/// then the final shapes saved concurrently.
+async fn write_batch(store: &Arc<SledStore>, batch: &[(Run, Option<Run>)], rate: &mut Rate) {
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for (run, _) in batch {
+        let (store, run) = (store.clone(), run.clone());
+        set.spawn(async move { store.create_run(&run, None).await.expect("create") });
+    }
+    set.join_all().await;
+    rate.create_time += t.elapsed();
+    rate.creates += batch.len();
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for done in batch.iter().filter_map(|(_, d)| d.clone()) {
+        let store = store.clone();
+        rate.saves += 1;
+        set.spawn(async move { store.save_run(&done).await.expect("save") });
+    }
+    set.join_all().await;
+    rate.save_time += t.elapsed();
+}
+
+/// Seeds `n` runs into each store, batch by batch in turn (so a busy
+/// machine slows both alike); returns the ids and each store's rate.
+async fn seed(stores: &[Arc<SledStore>], n: usize) -> (Vec<RunId>, Vec<Rate>) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut ids = Vec::with_capacity(n);
-    let (mut create_time, mut save_time, mut saves) = (Duration::ZERO, Duration::ZERO, 0usize);
+    let mut rates: Vec<Rate> = stores.iter().map(|_| Rate::default()).collect();
     let mut i = 0;
     while i < n {
         let batch: Vec<(Run, Option<Run>)> = (i..(i + BATCH).min(n))
             .map(|k| shapes(k, &mut rng))
             .collect();
         i += batch.len();
-        let t = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        for (run, _) in &batch {
-            let (store, run) = (store.clone(), run.clone());
-            set.spawn(async move { store.create_run(&run, None).await.expect("create") });
+        for (store, rate) in stores.iter().zip(rates.iter_mut()) {
+            write_batch(store, &batch, rate).await;
         }
-        set.join_all().await;
-        create_time += t.elapsed();
-        let t = Instant::now();
-        let mut set = tokio::task::JoinSet::new();
-        for (_, done) in &batch {
-            if let Some(done) = done.clone() {
-                let store = store.clone();
-                saves += 1;
-                set.spawn(async move { store.save_run(&done).await.expect("save") });
-            }
-        }
-        set.join_all().await;
-        save_time += t.elapsed();
         ids.extend(batch.iter().map(|(r, _)| r.id()));
         if i % 100_000 < BATCH {
             eprintln!("  seeded {i}");
         }
     }
-    (
-        ids,
-        n as f64 / create_time.as_secs_f64(),
-        saves as f64 / save_time.as_secs_f64(),
-    )
+    (ids, rates)
 }
 
 fn report(name: &str, mut times: Vec<Duration>, found: usize) {
@@ -257,39 +280,44 @@ async fn main() {
     println!("admin index bench: {n} runs over {ROUTES} routes, {queries} queries per scenario");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(SledStore::open(dir.path(), CACHE).expect("open"));
-    let (ids, creates, saves) = seed(&store, n).await;
-    store.close().await.expect("close");
-    drop(store);
-    let size = disk_size(dir.path());
-    println!(
-        "with index:    {creates:>9.0} creates/s  {saves:>9.0} saves/s  on disk {:.1} MiB",
-        size as f64 / (1 << 20) as f64
-    );
+    let base_dir = tempfile::tempdir().expect("tempdir");
+    let mut stores = vec![Arc::new(SledStore::open(dir.path(), CACHE).expect("open"))];
+    if baseline {
+        let unindexed = SledStore::open_unindexed(base_dir.path(), CACHE).expect("open");
+        stores.push(Arc::new(unindexed));
+    }
+    let (ids, rates) = seed(&stores, n).await;
+    for store in stores {
+        store.close().await.expect("close");
+    }
+    let mib = |d: &Path| disk_size(d) as f64 / (1 << 20) as f64;
+    let line = |name: &str, r: &Rate, d: &Path| {
+        println!(
+            "{name:<14} {:>9.0} creates/s  {:>9.0} saves/s  on disk {:.1} MiB",
+            r.creates_per_s(),
+            r.saves_per_s(),
+            mib(d)
+        );
+    };
+    line("with index:", &rates[0], dir.path());
+    if let Some(r0) = rates.get(1) {
+        line("without index:", r0, base_dir.path());
+        println!(
+            "index cost: creates {:+.1} %, saves {:+.1} %, disk {:+.1} %",
+            (rates[0].creates_per_s() / r0.creates_per_s() - 1.0) * 100.0,
+            (rates[0].saves_per_s() / r0.saves_per_s() - 1.0) * 100.0,
+            (mib(dir.path()) / mib(base_dir.path()) - 1.0) * 100.0
+        );
+    }
+
     let store = SledStore::open(dir.path(), CACHE).expect("reopen");
     measure(&store, &ids, queries);
     store.close().await.expect("close");
     drop(store);
 
     if baseline {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SledStore::open_unindexed(dir.path(), CACHE).expect("open"));
-        let (_, creates0, saves0) = seed(&store, n).await;
-        store.close().await.expect("close");
-        drop(store);
-        let size0 = disk_size(dir.path());
-        println!(
-            "without index: {creates0:>9.0} creates/s  {saves0:>9.0} saves/s  on disk {:.1} MiB",
-            size0 as f64 / (1 << 20) as f64
-        );
-        println!(
-            "index cost: creates {:+.1} %, saves {:+.1} %, disk {:+.1} %",
-            (creates / creates0 - 1.0) * 100.0,
-            (saves / saves0 - 1.0) * 100.0,
-            (size as f64 / size0 as f64 - 1.0) * 100.0
-        );
         let t = Instant::now();
-        let store = SledStore::open(dir.path(), CACHE).expect("open to build");
+        let store = SledStore::open(base_dir.path(), CACHE).expect("open to build");
         let built = store.index_built_at_open();
         println!(
             "index built at open for {n} runs: {:.2} s (open took {:.2} s)",

@@ -4,10 +4,9 @@
 //! Two trees, empty values, every key ending in the 16-byte run id (a ULID,
 //! so ids sort by creation time and newest first is reverse iteration):
 //!
-//! - `idx_runs`: a few keys per run, a tag byte first: route+status,
-//!   status+phase, provider, and delivery id+route (a prefix of which serves
-//!   a delivery id alone). Route, status or phase alone read the union of
-//!   the prefixes naming them. Strings end in NUL.
+//! - `idx_runs`: a few keys per run, a tag byte first: route+status+phase,
+//!   provider, and delivery id+route (a prefix of which serves a delivery
+//!   id alone). Strings end in NUL.
 //! - `idx_deliveries`: one key per failing or dead delivery, by state then
 //!   run id then delivery index (across routes), and by state, route, run
 //!   id, index (one route). Those are the deliveries an operator must see.
@@ -21,12 +20,13 @@ use crate::store::{DeliveryQuery, RunQuery};
 use crate::time::Timestamp;
 use serde::Deserialize;
 
-/// Tags of `idx_runs` keys. Route alone is the union of a route's eight
-/// route+status prefixes, status alone the union of its five status+phase
-/// prefixes, phase alone the union over statuses: three keys per run (four
-/// with a delivery id), and a transition moves at most two.
-const ROUTE_STATUS: u8 = 1;
-const STATUS_PHASE: u8 = 3;
+/// Tags of `idx_runs` keys. One key holds route, status and phase (route
+/// names use only `a-z 0-9 - _`, so the NUL after the route is unambiguous):
+/// a query reads the union of the prefixes it allows, e.g. route+status
+/// reads five (one per phase), status alone one per (route, phase). So a
+/// run has two or three keys (provider, and delivery id when it has one
+/// never change) and a transition moves one.
+const ROUTE_STATUS_PHASE: u8 = 1;
 const PROVIDER: u8 = 4;
 const DELIVERY_ID: u8 = 6;
 
@@ -64,7 +64,7 @@ const ID_TIME_SLACK_MS: u64 = 60_000;
 
 /// The version of the key layout; a store whose marker differs (or has
 /// none: written before the index existed) gets its index built at open.
-pub(super) const VERSION: &[u8] = b"2";
+pub(super) const VERSION: &[u8] = b"3";
 
 fn status_code(s: RunStatus) -> u8 {
     match s {
@@ -179,8 +179,7 @@ impl IndexMeta {
         let route = self.route.as_bytes();
         let (status, phase) = (status_code(self.status), phase_code(self.phase));
         let mut runs = vec![
-            key(&[&[ROUTE_STATUS], route, &[0, status], &id]),
-            key(&[&[STATUS_PHASE, status, phase], &id]),
+            key(&[&[ROUTE_STATUS_PHASE], route, &[0, status, phase], &id]),
             key(&[&[PROVIDER], self.provider.as_bytes(), &[0], &id]),
         ];
         if let Some(d) = &self.delivery_id {
@@ -249,10 +248,35 @@ pub(super) enum Plan {
     },
 }
 
+/// Whether [`plan_runs`] needs the routes present in the index (a status
+/// or phase without a route reads every route's prefixes).
+pub(super) fn needs_routes(q: &RunQuery) -> bool {
+    q.route.is_none() && (q.status.is_some() || q.phase.is_some())
+}
+
+/// The first key of the route+status+phase keys after every key of `route`
+/// (to find the next route).
+pub(super) fn after_route(route: &[u8]) -> Vec<u8> {
+    key(&[&[ROUTE_STATUS_PHASE], route, &[1]])
+}
+
+/// The start of the route+status+phase keys.
+pub(super) fn routes_start() -> Vec<u8> {
+    vec![ROUTE_STATUS_PHASE]
+}
+
+/// The route of a route+status+phase key (`None` for any other key).
+pub(super) fn route_of(k: &[u8]) -> Option<&[u8]> {
+    let rest = k.strip_prefix(&[ROUTE_STATUS_PHASE])?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    Some(&rest[..end])
+}
+
 /// The plan of a runs query: every field it names narrows one index
 /// stream, and the streams are intersected, so the cost follows the rarest
-/// field, not the first.
-pub(super) fn plan_runs(q: &RunQuery) -> Plan {
+/// field, not the first. `routes` are the routes in the index, needed only
+/// when [`needs_routes`] says so.
+pub(super) fn plan_runs(q: &RunQuery, routes: &[Vec<u8>]) -> Plan {
     let Some((lo, hi)) = id_bounds(q.since, q.until, q.before.map(id_num)) else {
         return Plan::Empty;
     };
@@ -266,30 +290,32 @@ pub(super) fn plan_runs(q: &RunQuery) -> Plan {
         (Some(d), None) => any_route_delivery_id = Some(key(&[&[DELIVERY_ID], d.as_bytes(), &[0]])),
         (None, _) => {}
     }
-    let statuses: Vec<RunStatus> = match q.status {
-        Some(s) => vec![s],
-        None => STATUSES.to_vec(),
-    };
-    // The route narrows by route+status unless a delivery id already did.
-    if let Some(r) = route.filter(|_| q.delivery_id.is_none() || q.status.is_some()) {
-        streams.push(
-            statuses
-                .iter()
-                .map(|s| key(&[&[ROUTE_STATUS], r, &[0, status_code(*s)]]))
-                .collect(),
-        );
-    }
-    // Status and phase narrow by status+phase, unless the route+status
-    // stream already holds the status and no phase is asked for.
-    if q.phase.is_some() || (q.status.is_some() && route.is_none()) {
-        let phases: Vec<Phase> = match q.phase {
-            Some(p) => vec![p],
-            None => PHASES.to_vec(),
+    // Route, status and phase narrow one stream, unless only the route is
+    // asked for and a delivery id (with that route) already narrowed it.
+    let only_route = q.status.is_none() && q.phase.is_none();
+    if (route.is_some() && !(only_route && q.delivery_id.is_some())) || needs_routes(q) {
+        let statuses: &[RunStatus] = match &q.status {
+            Some(s) => std::slice::from_ref(s),
+            None => &STATUSES,
+        };
+        let phases: &[Phase] = match &q.phase {
+            Some(p) => std::slice::from_ref(p),
+            None => &PHASES,
+        };
+        let routes: Vec<&[u8]> = match route {
+            Some(r) => vec![r],
+            None => routes.iter().map(Vec::as_slice).collect(),
         };
         let mut union = Vec::new();
-        for s in &statuses {
-            for p in &phases {
-                union.push(vec![STATUS_PHASE, status_code(*s), phase_code(*p)]);
+        for r in &routes {
+            for s in statuses {
+                for p in phases {
+                    union.push(key(&[
+                        &[ROUTE_STATUS_PHASE],
+                        r,
+                        &[0, status_code(*s), phase_code(*p)],
+                    ]));
+                }
             }
         }
         streams.push(union);
@@ -371,19 +397,20 @@ mod tests {
     }
 
     #[test]
-    fn route_and_status_use_one_combined_key() {
+    fn route_and_status_read_one_prefix_per_phase() {
         let q = RunQuery {
             route: Some("gh".into()),
             status: Some(RunStatus::Failed),
             limit: 1,
             ..Default::default()
         };
-        let Plan::Index { streams, .. } = plan_runs(&q) else {
+        let Plan::Index { streams, .. } = plan_runs(&q, &[]) else {
             panic!("expected an index plan");
         };
-        assert_eq!(streams, vec![vec![b"\x01gh\x00\x06".to_vec()]]);
+        let phases: Vec<Vec<u8>> = (1..=5).map(|p| vec![1, b'g', b'h', 0, 6, p]).collect();
+        assert_eq!(streams, vec![phases]);
         assert!(matches!(
-            plan_runs(&RunQuery::default()),
+            plan_runs(&RunQuery::default(), &[]),
             Plan::Scan {
                 lo: 0,
                 hi: u128::MAX

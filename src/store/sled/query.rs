@@ -3,17 +3,22 @@
 //! query against it, stop at the limit.
 
 use super::index::{
-    id_num, plan_deliveries, plan_runs, DeliveryPlan, IndexMeta, Plan, DELIVERY_SUFFIX, ID_LEN,
+    after_route, id_num, needs_routes, plan_deliveries, plan_runs, route_of, routes_start,
+    DeliveryPlan, IndexMeta, Plan, DELIVERY_SUFFIX, ID_LEN,
 };
 use super::trees::{IndexTree, StaleKey, Trees};
 use super::{backend, decode};
 use crate::run::{Run, RunId};
 use crate::store::{DeliveryQuery, RunQuery, StoreError};
 
-/// One sorted source of candidate run ids.
+/// One sorted source of candidate run ids. Its seeks come with upper
+/// bounds that never grow (the walk goes newest to oldest), so an answer
+/// already found at or below the new bound is still the answer: each
+/// prefix remembers its last one and is only walked again when passed.
 enum Stream<'a> {
-    /// Keys `prefix ++ id` in a tree, for any of these prefixes.
-    Prefixes(&'a sled::Tree, &'a [Vec<u8>]),
+    /// Keys `prefix ++ id` in a tree, for any of these prefixes, each with
+    /// its last answer (`None`: not sought yet).
+    Prefixes(&'a sled::Tree, &'a [Vec<u8>], Vec<Option<Option<u128>>>),
     /// Ids collected up front, ascending, with the key each came from.
     Ids(Vec<(u128, Vec<u8>)>),
 }
@@ -38,13 +43,18 @@ fn seek_prefix(
 }
 
 impl Stream<'_> {
-    /// The largest id of this stream within `lo..=hi`.
-    fn seek(&self, lo: u128, hi: u128) -> Result<Option<u128>, StoreError> {
+    /// The largest id of this stream within `lo..=hi`; `hi` must not
+    /// exceed that of the previous call.
+    fn seek(&mut self, lo: u128, hi: u128) -> Result<Option<u128>, StoreError> {
         match self {
-            Stream::Prefixes(tree, prefixes) => {
+            Stream::Prefixes(tree, prefixes, last) => {
                 let mut best = None;
-                for p in prefixes.iter() {
-                    let found = seek_prefix(tree, p, lo, hi)?;
+                for (p, last) in prefixes.iter().zip(last.iter_mut()) {
+                    let found = match *last {
+                        Some(known) if known.is_none_or(|id| id <= hi) => known,
+                        _ => seek_prefix(tree, p, lo, hi)?,
+                    };
+                    *last = Some(found);
                     best = best.max(found);
                 }
                 Ok(best)
@@ -63,7 +73,7 @@ impl Stream<'_> {
     /// against the run).
     fn keys_of(&self, id: u128) -> Result<Vec<Vec<u8>>, StoreError> {
         match self {
-            Stream::Prefixes(tree, prefixes) => {
+            Stream::Prefixes(tree, prefixes, _) => {
                 let mut found = Vec::new();
                 for p in prefixes.iter() {
                     let k = [p, &id.to_be_bytes()[..]].concat();
@@ -111,7 +121,12 @@ pub(super) fn list_runs(
         return Ok(out);
     }
     let plan = if trees.indexed {
-        plan_runs(q)
+        let routes = if needs_routes(q) {
+            routes_in(&trees.idx_runs)?
+        } else {
+            Vec::new()
+        };
+        plan_runs(q, &routes)
     } else {
         Plan::Scan {
             lo: 0,
@@ -157,10 +172,10 @@ pub(super) fn list_runs(
     streams.extend(
         prefixes
             .iter()
-            .map(|p| Stream::Prefixes(&trees.idx_runs, p)),
+            .map(|p| Stream::Prefixes(&trees.idx_runs, p, vec![None; p.len()])),
     );
 
-    if let [Stream::Prefixes(tree, [prefix])] = streams.as_slice() {
+    if let [Stream::Prefixes(tree, [prefix], _)] = streams.as_slice() {
         // One stream (route and status, the common case): one range walk.
         let start = [prefix, &lo.to_be_bytes()[..]].concat();
         let end = [prefix, &hi.to_be_bytes()[..]].concat();
@@ -185,7 +200,8 @@ pub(super) fn list_runs(
         let mut agree = 1;
         let mut i = 1;
         while agree < streams.len() {
-            let Some(c) = streams[i % streams.len()].seek(lo, target)? else {
+            let n = streams.len();
+            let Some(c) = streams[i % n].seek(lo, target)? else {
                 break 'next;
             };
             if c == target {
@@ -206,6 +222,21 @@ pub(super) fn list_runs(
         hi = target - 1;
     }
     Ok(out)
+}
+
+/// The routes that have runs in the index: one seek per route.
+fn routes_in(tree: &sled::Tree) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut routes = Vec::new();
+    let mut from = routes_start();
+    while let Some(item) = tree.range(from..).next() {
+        let (k, _) = item.map_err(backend)?;
+        let Some(route) = route_of(&k) else {
+            break;
+        };
+        from = after_route(route);
+        routes.push(route.to_vec());
+    }
+    Ok(routes)
 }
 
 /// Records which of the streams' keys for `id` disagree with its run.

@@ -126,13 +126,13 @@ pub(super) struct RetentionMeta {
 ///   readers re-check every run against the whole query, so it costs one
 ///   lookup and is queued for removal ([`Op::ForgetIndex`]). A due entry
 ///   that disagrees with its run's `due_at` is stale and is dropped when it
-///   comes due ([`Store::forget_due`]).
+///   comes due ([`crate::store::Store::forget_due`]).
 /// - retention: dedupe key, due entry, run, then its index keys.
 #[derive(Clone)]
 pub(super) struct Trees {
     pub(super) runs: sled::Tree,
     pub(super) dedupe: sled::Tree,
-    /// Operator settings ([`Store::put_meta`]): key -> bytes.
+    /// Operator settings ([`crate::store::Store::put_meta`]): key -> bytes.
     pub(super) meta: sled::Tree,
     pub(super) due: DueIndex,
     /// Secondary index of runs (see `index.rs`): key -> empty.
