@@ -184,3 +184,26 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_failures_are_500_and_say_nothing_of_the_cause() {
+        let e = ApiError::from(AdminError::Internal("a blocking task failed: boom".into()));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+        );
+        let resp = e.into_response();
+        assert_eq!(resp.status(), 500);
+        let forbidden = ApiError::from(AdminError::Forbidden);
+        assert_eq!(
+            (forbidden.status(), forbidden.code()),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+        let store = ApiError::from(AdminError::Store(StoreError::Closed));
+        assert_eq!(store.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
