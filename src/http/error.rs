@@ -107,7 +107,12 @@ impl ApiError {
                 AdminError::Conflict { code, .. } | AdminError::ConflictWith { code, .. } => {
                     (StatusCode::CONFLICT, *code)
                 }
-                AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+                // A fault or shutdown passes (retry later); a backend
+                // error or an undecodable record is ours to fix.
+                AdminError::Store(StoreError::Unavailable(_) | StoreError::Closed) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+                }
+                AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
                 AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             },
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -205,5 +210,7 @@ mod tests {
         );
         let store = ApiError::from(AdminError::Store(StoreError::Closed));
         assert_eq!(store.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let corrupt = ApiError::from(AdminError::Store(StoreError::Corrupt("run x".into())));
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
