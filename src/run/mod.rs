@@ -104,7 +104,24 @@ pub struct Run {
     cancel: Option<CancelRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     events: Vec<EventRecord>,
+    /// The run this one replays (an operator's `POST /runs/{id}/replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replay_of: Option<RunId>,
+    /// Runs started by replaying this one (the latest [`MAX_REPLAYS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replays: Vec<RunId>,
 }
+
+/// A delivery index the run does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {id} has no delivery {index}")]
+pub struct NoSuchDelivery {
+    pub id: RunId,
+    pub index: usize,
+}
+
+/// Replay links kept on the replayed run (the new runs keep theirs).
+pub const MAX_REPLAYS_KEPT: usize = 20;
 
 impl Run {
     /// A freshly accepted run, due immediately.
@@ -141,6 +158,24 @@ impl Run {
             poll_at: None,
             cancel: None,
             events: Vec::new(),
+            replay_of: None,
+            replays: Vec::new(),
+        }
+    }
+
+    /// A new run replaying `of` (same route, workflow and inputs): the
+    /// link is kept on the new run and shown with both.
+    pub fn replaying(mut self, of: RunId) -> Self {
+        self.replay_of = Some(of);
+        self
+    }
+
+    /// Notes a replay of this run (the latest [`MAX_REPLAYS_KEPT`] are kept).
+    pub fn add_replay(&mut self, id: RunId) {
+        self.replays.push(id);
+        if self.replays.len() > MAX_REPLAYS_KEPT {
+            let extra = self.replays.len() - MAX_REPLAYS_KEPT;
+            self.replays.drain(..extra);
         }
     }
 
@@ -595,6 +630,41 @@ impl Run {
                 self.touch(now, None);
             }
         }
+    }
+
+    /// An operator's redelivery of delivery `i` (in any state, also dead
+    /// or delivered): it is pending again and due now, with the same
+    /// `webhook-id`, and a done run goes back to delivering. The retry
+    /// schedule goes on from the attempts already made, so a delivery past
+    /// its schedule gets this one attempt.
+    pub fn redeliver(&mut self, i: usize, now: Timestamp) -> Result<(), NoSuchDelivery> {
+        let d = self.deliveries.get_mut(i).ok_or(NoSuchDelivery {
+            id: self.id,
+            index: i,
+        })?;
+        d.state = DeliveryState::Pending;
+        d.next_attempt_at = Some(now);
+        if self.phase == Phase::Done {
+            self.phase = Phase::Terminal;
+        }
+        self.replan(now);
+        Ok(())
+    }
+
+    /// Its endpoint was resumed: every open delivery to `url` is due now.
+    /// Returns whether anything changed.
+    pub fn release_held(&mut self, url: &str, now: Timestamp) -> bool {
+        let mut changed = false;
+        for d in self.deliveries.iter_mut().filter(|d| d.url == url) {
+            if d.state.is_open() && d.next_attempt_at.is_none_or(|t| t > now) {
+                d.next_attempt_at = Some(now);
+                changed = true;
+            }
+        }
+        if changed {
+            self.replan(now);
+        }
+        changed
     }
 
     /// Whether the run still needs the scheduler.
