@@ -3,7 +3,6 @@
 //! errors to JSON answers ([`error`]).
 
 pub mod admin;
-pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod error;

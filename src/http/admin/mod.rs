@@ -9,10 +9,10 @@ mod endpoints;
 pub mod openapi;
 mod runs;
 
-use super::auth::bearer_token;
 use super::error::ApiError;
 use crate::admin::idempotency::{self, Claim, Idempotency, Stored};
 use crate::admin::{Admin, AdminError};
+use crate::bearer::bearer_token;
 use crate::config::Role;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};

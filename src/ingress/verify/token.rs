@@ -81,7 +81,7 @@ impl Kind for Token {
                 let v = req
                     .get("authorization")
                     .ok_or_else(|| deny("missing Authorization header"))?;
-                crate::http::auth::bearer_token(v)
+                crate::bearer::bearer_token(v)
                     .ok_or_else(|| deny("Authorization must be a Bearer token"))?
                     .to_string()
             }
