@@ -59,9 +59,13 @@ pub struct StoreFault {
 /// = largest id). Every field left `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {
+    /// Only runs of this route.
     pub route: Option<String>,
+    /// Only runs with this vendor-neutral status.
     pub status: Option<RunStatus>,
+    /// Only runs of this provider.
     pub provider: Option<String>,
+    /// Only runs in this phase of our lifecycle.
     pub phase: Option<Phase>,
     /// `created_at >= since` (inclusive).
     pub since: Option<Timestamp>,
@@ -72,6 +76,7 @@ pub struct RunQuery {
     /// Cursor: only runs with an id strictly less than this (the previous
     /// page's last id).
     pub before: Option<RunId>,
+    /// At most this many runs (0 returns none).
     pub limit: usize,
 }
 
@@ -99,12 +104,14 @@ impl RunQuery {
 pub struct DeliveryQuery {
     /// States wanted; empty = failing and dead (what needs attention).
     pub states: Vec<DeliveryState>,
+    /// Only deliveries of runs of this route.
     pub route: Option<String>,
     /// The run's `created_at >= since`.
     pub since: Option<Timestamp>,
     /// Cursor: strictly after this (run id, delivery index) in newest-first
     /// order, i.e. only pairs lexicographically less than it.
     pub before: Option<(RunId, u32)>,
+    /// At most this many deliveries (0 returns none).
     pub limit: usize,
 }
 
