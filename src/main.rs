@@ -92,7 +92,7 @@ enum Command {
         timeout: std::time::Duration,
     },
     #[command(flatten)]
-    Ops(cli::Ops),
+    Ops(Box<cli::Ops>),
 }
 
 /// `runbridge health`: 0 when the daemon answers `/readyz` with
@@ -177,7 +177,7 @@ fn ignore_sigxfsz() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Ops(op) => cli::run(op),
+        Command::Ops(op) => cli::run(*op),
         Command::CheckConfig {
             config: ConfigArg { config },
             explain: Some(name),

@@ -3,8 +3,9 @@
 //! `deliveries`, `recover`, `endpoints`, `requests`). `main.rs` only
 //! flattens [`Ops`] into its command list and calls [`run`].
 
-#[allow(dead_code)] // the admin commands use the rest (next commit)
+mod admin;
 mod http;
+mod output;
 pub mod send;
 
 use std::process::ExitCode;
@@ -14,6 +15,17 @@ use std::process::ExitCode;
 pub enum Ops {
     /// Sign a sample (or --file) payload as the route's sender would and post it.
     Send(send::SendArgs),
+    /// List, show, cancel or replay runs (admin API).
+    Runs(admin::Runs),
+    /// Failing and dead deliveries; redeliver one (admin API).
+    Deliveries(admin::Deliveries),
+    /// Redeliver every failing or dead delivery of a route since a time,
+    /// showing progress (admin API).
+    Recover(admin::RecoverArgs),
+    /// Callback endpoints: list, pause, resume, send a test event (admin API).
+    Endpoints(admin::Endpoints),
+    /// Recent inbound requests that started nothing, and why (admin API).
+    Requests(admin::RequestsArgs),
 }
 
 /// Runs one subcommand on a small single-threaded runtime.
@@ -31,6 +43,11 @@ pub fn run(op: Ops) -> ExitCode {
     rt.block_on(async {
         match op {
             Ops::Send(a) => send::send(a).await,
+            Ops::Runs(a) => a.run().await,
+            Ops::Deliveries(a) => a.run().await,
+            Ops::Recover(a) => a.run().await,
+            Ops::Endpoints(a) => a.run().await,
+            Ops::Requests(a) => a.run().await,
         }
     })
 }

@@ -1,0 +1,661 @@
+//! The admin commands over the HTTP API: `runs`, `deliveries`, `recover`,
+//! `endpoints`, `requests`. Answers are deserialized into the API's own
+//! view types (`runbridge::admin::view`), so the CLI and the daemon cannot
+//! drift apart silently.
+
+use super::http::{seg, Answer, Api, Failure};
+use super::output::{cut, fail, fields, name, opt, print, short, table};
+use runbridge::admin::view::{
+    CancelResult, DeliveryCounts, DeliveryItem, DeliveryPage, DeliveryView, EndpointView, Recovery,
+    RecoveryState, RequestRecord, RunDetail, RunPage, RunSummary, TestResult,
+};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Where the admin API is and how to call it (every admin command).
+#[derive(clap::Args)]
+pub struct Remote {
+    /// The daemon's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBRIDGE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// An admin token (`[[admin.tokens]]` or `server.admin_token`).
+    #[arg(
+        long,
+        global = true,
+        env = "RUNBRIDGE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long one request may take.
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Remote {
+    fn api(&self) -> Result<Api, Failure> {
+        Api::new(&self.url, self.token.clone(), self.timeout)
+    }
+}
+
+/// `runbridge runs ...`
+#[derive(clap::Args)]
+pub struct Runs {
+    #[command(flatten)]
+    remote: Remote,
+    #[command(subcommand)]
+    cmd: RunsCmd,
+}
+
+#[derive(clap::Subcommand)]
+enum RunsCmd {
+    /// List runs, newest first, filtered.
+    List(RunsList),
+    /// One run: its statuses, events, deliveries and every attempt.
+    Show {
+        /// The run id.
+        id: String,
+    },
+    /// Ask the provider to cancel a run.
+    Cancel {
+        /// The run id.
+        id: String,
+    },
+    /// Start a new run with the same inputs, linked to this one.
+    Replay {
+        /// The run id.
+        id: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunsList {
+    #[arg(long)]
+    route: Option<String>,
+    /// queued, starting, running, waiting, succeeded, failed, canceled, timed_out.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long)]
+    provider: Option<String>,
+    /// accepted, starting, tracking, terminal, done.
+    #[arg(long)]
+    phase: Option<String>,
+    /// Created at or after: RFC 3339 or a duration ago (`2h`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Created before: RFC 3339 or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// The trigger's delivery id.
+    #[arg(long)]
+    delivery_id: Option<String>,
+    /// Page size (the daemon's default 50, at most 500).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The `next cursor` printed under the previous page.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// `(name, value)` query pairs of the options that are set.
+fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
+        .collect()
+}
+
+fn counts(c: &DeliveryCounts) -> String {
+    let parts: Vec<String> = [
+        ("delivered", c.delivered),
+        ("pending", c.pending),
+        ("failing", c.failing),
+        ("dead", c.dead),
+        ("refused", c.refused),
+        ("gone", c.gone),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(k, n)| format!("{n} {k}"))
+    .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn runs_table(runs: &[RunSummary]) {
+    let mut t = table(&[
+        "ID",
+        "ROUTE",
+        "PROVIDER",
+        "STATUS",
+        "PHASE",
+        "CREATED",
+        "DELIVERIES",
+    ]);
+    for r in runs {
+        let mut status = name(&r.status);
+        if let Some(of) = &r.replay_of {
+            status = format!("{status} (replay of {of})");
+        }
+        t.add_row(vec![
+            r.id.clone(),
+            r.route.clone(),
+            r.provider.clone(),
+            status,
+            name(&r.phase),
+            r.created_at.clone(),
+            counts(&r.deliveries),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn attempt_text(status: Option<u16>, error: &Option<String>) -> String {
+    match (status, error) {
+        (Some(s), Some(e)) => format!("HTTP {s}: {}", cut(e, 60)),
+        (Some(s), None) => format!("HTTP {s}"),
+        (None, Some(e)) => cut(e, 60),
+        (None, None) => "-".into(),
+    }
+}
+
+fn show_run(d: &RunDetail) {
+    let s = &d.summary;
+    let mut rows = vec![
+        ("id", s.id.clone()),
+        ("route", s.route.clone()),
+        (
+            "provider",
+            format!("{} (workflow {})", s.provider, s.workflow_id),
+        ),
+        (
+            "status",
+            format!("{} ({})", name(&s.status), opt(&s.raw_status)),
+        ),
+        ("phase", name(&s.phase)),
+        ("vendor run", opt(&s.vendor_run_id)),
+        ("delivery id", opt(&s.delivery_id)),
+        ("created", s.created_at.clone()),
+        ("started", opt(&d.started_at)),
+        ("finished", opt(&s.finished_at)),
+        ("deadline", d.deadline.clone()),
+        ("inputs", short(&d.inputs, 100)),
+    ];
+    if let Some(o) = &d.output {
+        rows.push(("output", short(o, 100)));
+    }
+    if let Some(e) = &d.error {
+        rows.push(("error", short(e, 100)));
+    }
+    if let Some(e) = &d.last_error {
+        rows.push(("last error", cut(e, 100)));
+    }
+    if let Some(c) = &d.cancel {
+        rows.push((
+            "cancel",
+            format!("{} at {}", name(&c.phase), c.requested_at),
+        ));
+    }
+    if let Some(of) = &s.replay_of {
+        rows.push(("replay of", of.clone()));
+    }
+    if !d.replays.is_empty() {
+        rows.push(("replays", d.replays.join(", ")));
+    }
+    println!("{}", fields(&rows));
+    if !d.history.is_empty() {
+        let mut t = table(&["AT", "STATUS", "VENDOR STATUS"]);
+        for h in &d.history {
+            t.add_row(vec![h.at.clone(), name(&h.status), opt(&h.raw_status)]);
+        }
+        println!("\nStatus history\n{t}");
+    }
+    if !d.deliveries.is_empty() {
+        let mut t = table(&["#", "EVENT", "STATE", "URL", "ATTEMPT AT", "RESULT", "MS"]);
+        for dv in &d.deliveries {
+            let head = vec![
+                dv.index.to_string(),
+                dv.event_type.clone(),
+                name(&dv.state),
+                dv.url.clone(),
+            ];
+            if dv.attempts.is_empty() {
+                t.add_row(head.iter().cloned().chain([
+                    opt(&dv.next_attempt_at),
+                    "not yet".into(),
+                    "-".into(),
+                ]));
+            }
+            for (i, a) in dv.attempts.iter().enumerate() {
+                let lead = if i == 0 {
+                    head.clone()
+                } else {
+                    vec![String::new(); 4]
+                };
+                t.add_row(lead.into_iter().chain([
+                    a.at.clone(),
+                    attempt_text(a.status_code, &a.error),
+                    a.duration_ms.to_string(),
+                ]));
+            }
+        }
+        println!("\nDeliveries\n{t}");
+    }
+}
+
+impl Runs {
+    /// Runs the `runs` subcommand.
+    pub async fn run(self) -> ExitCode {
+        let api = match self.remote.api() {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let json = self.remote.json;
+        match self.cmd {
+            RunsCmd::List(l) => {
+                let q = query(&[
+                    ("route", l.route),
+                    ("status", l.status),
+                    ("provider", l.provider),
+                    ("phase", l.phase),
+                    ("since", l.since),
+                    ("until", l.until),
+                    ("delivery_id", l.delivery_id),
+                    ("cursor", l.cursor),
+                    ("limit", l.limit.map(|n| n.to_string())),
+                ]);
+                let res: Result<Answer<RunPage>, _> = api.get("/runs", &q).await;
+                print(res, json, |p| {
+                    runs_table(&p.runs);
+                    if let Some(c) = &p.next_cursor {
+                        println!("next cursor: {c}");
+                    }
+                })
+            }
+            RunsCmd::Show { id } => {
+                let res: Result<Answer<RunDetail>, _> =
+                    api.get(&format!("/runs/{}", seg(&id)), &[]).await;
+                print(res, json, show_run)
+            }
+            RunsCmd::Cancel { id } => {
+                let res: Result<Answer<CancelResult>, _> =
+                    api.post(&format!("/runs/{}/cancel", seg(&id)), &[]).await;
+                print(res, json, |c| {
+                    println!(
+                        "run {}: cancel {} (status {})",
+                        c.run_id,
+                        c.cancel,
+                        name(&c.status)
+                    );
+                    if c.vendor_run_may_continue == Some(true) {
+                        println!("the provider cannot cancel: its run may go on");
+                    }
+                })
+            }
+            RunsCmd::Replay { id } => {
+                let res: Result<Answer<RunSummary>, _> =
+                    api.post(&format!("/runs/{}/replay", seg(&id)), &[]).await;
+                print(res, json, |r| {
+                    println!("run {id} replayed as {}", r.id);
+                    runs_table(std::slice::from_ref(r));
+                })
+            }
+        }
+    }
+}
+
+/// `runbridge deliveries ...`
+#[derive(clap::Args)]
+pub struct Deliveries {
+    #[command(flatten)]
+    remote: Remote,
+    #[command(subcommand)]
+    cmd: DeliveriesCmd,
+}
+
+#[derive(clap::Subcommand)]
+enum DeliveriesCmd {
+    /// Deliveries that need attention (failing and dead), newest run first.
+    List {
+        /// `dead` or `failing` (default both).
+        #[arg(long, value_parser = ["dead", "failing"])]
+        state: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The `next cursor` printed under the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Send one delivery again now (also a dead one), with the same webhook-id.
+    Redeliver {
+        /// The run id.
+        run: String,
+        /// The delivery's index in the run (the `#` of `runs show`).
+        index: u32,
+    },
+}
+
+fn deliveries_table(items: &[DeliveryItem]) {
+    let mut t = table(&[
+        "RUN", "#", "ROUTE", "EVENT", "STATE", "ATTEMPTS", "LAST", "NEXT", "URL",
+    ]);
+    for d in items {
+        let last = d
+            .last_attempt
+            .as_ref()
+            .map(|a| attempt_text(a.status_code, &a.error))
+            .unwrap_or_else(|| "-".into());
+        t.add_row(vec![
+            d.run_id.clone(),
+            d.index.to_string(),
+            d.route.clone(),
+            d.event_type.clone(),
+            name(&d.state),
+            d.attempts.to_string(),
+            last,
+            opt(&d.next_attempt_at),
+            d.url.clone(),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn delivery_view(run: &str, d: &DeliveryView) {
+    println!(
+        "run {run} delivery {} ({}, webhook-id {}): {}",
+        d.index,
+        d.event_type,
+        d.webhook_id,
+        name(&d.state)
+    );
+    println!(
+        "{}",
+        fields(&[
+            ("url", d.url.clone()),
+            ("attempts", d.attempts.len().to_string()),
+            ("next attempt", opt(&d.next_attempt_at)),
+        ])
+    );
+}
+
+impl Deliveries {
+    /// Runs the `deliveries` subcommand.
+    pub async fn run(self) -> ExitCode {
+        let api = match self.remote.api() {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let json = self.remote.json;
+        match self.cmd {
+            DeliveriesCmd::List {
+                state,
+                route,
+                limit,
+                cursor,
+            } => {
+                let q = query(&[
+                    ("state", state),
+                    ("route", route),
+                    ("cursor", cursor),
+                    ("limit", limit.map(|n| n.to_string())),
+                ]);
+                let res: Result<Answer<DeliveryPage>, _> = api.get("/deliveries", &q).await;
+                print(res, json, |p| {
+                    deliveries_table(&p.deliveries);
+                    if let Some(c) = &p.next_cursor {
+                        println!("next cursor: {c}");
+                    }
+                })
+            }
+            DeliveriesCmd::Redeliver { run, index } => {
+                let path = format!("/runs/{}/deliveries/{index}/redeliver", seg(&run));
+                let res: Result<Answer<DeliveryView>, _> = api.post(&path, &[]).await;
+                print(res, json, |d| delivery_view(&run, d))
+            }
+        }
+    }
+}
+
+/// `runbridge recover ROUTE --since 1h`
+#[derive(clap::Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// The route whose failing and dead deliveries are sent again.
+    route: String,
+    /// Deliveries of runs created since: a duration ago (`2h`) or RFC 3339.
+    #[arg(long)]
+    since: String,
+    /// How often progress is asked for.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Stop waiting after this long (the recovery goes on in the daemon).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    wait: Duration,
+}
+
+fn progress(r: &Recovery) -> String {
+    format!(
+        "recover {} ({}): {} matched, {} requeued, {} delivered, {} still failing",
+        r.route,
+        name(&r.state),
+        r.matched,
+        r.requeued,
+        r.delivered,
+        r.still_failing
+    )
+}
+
+fn recovery_table(r: &Recovery) {
+    println!(
+        "{}",
+        fields(&[
+            ("recovery", r.id.clone()),
+            ("route", r.route.clone()),
+            ("since", r.since.clone()),
+            ("state", name(&r.state)),
+            ("matched", r.matched.to_string()),
+            ("requeued", r.requeued.to_string()),
+            ("delivered", r.delivered.to_string()),
+            ("still failing", r.still_failing.to_string()),
+            ("started", r.started_at.clone()),
+            ("finished", opt(&r.finished_at)),
+            ("error", opt(&r.error)),
+        ])
+    );
+}
+
+impl RecoverArgs {
+    /// Starts a recovery and follows it: progress on stderr, the result on
+    /// stdout; exit 1 if it failed or is still running after `--wait`.
+    pub async fn run(self) -> ExitCode {
+        let api = match self.remote.api() {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let path = format!("/routes/{}/recover", seg(&self.route));
+        let mut last: Answer<Recovery> =
+            match api.post(&path, &[("since", self.since.clone())]).await {
+                Ok(a) => a,
+                Err(e) => return fail(&e),
+            };
+        let end = Instant::now() + self.wait;
+        let mut shown = String::new();
+        loop {
+            let line = progress(&last.view);
+            if line != shown {
+                eprintln!("{line}");
+                shown = line;
+            }
+            if last.view.state != RecoveryState::Running || Instant::now() >= end {
+                break;
+            }
+            tokio::time::sleep(self.interval).await;
+            let poll = format!("/recoveries/{}", seg(&last.view.id));
+            match api.get(&poll, &[]).await {
+                Ok(a) => last = a,
+                Err(e) => return fail(&e),
+            }
+        }
+        let state = last.view.state;
+        let code = print(Ok(last), self.remote.json, recovery_table);
+        match state {
+            RecoveryState::Done => code,
+            RecoveryState::Running => {
+                eprintln!(
+                    "runbridge: still running after {:?}; it goes on in the daemon",
+                    self.wait
+                );
+                ExitCode::from(1)
+            }
+            RecoveryState::Failed => ExitCode::from(1),
+        }
+    }
+}
+
+/// `runbridge endpoints ...`
+#[derive(clap::Args)]
+pub struct Endpoints {
+    #[command(flatten)]
+    remote: Remote,
+    #[command(subcommand)]
+    cmd: EndpointsCmd,
+}
+
+#[derive(clap::Subcommand)]
+enum EndpointsCmd {
+    /// Callback endpoints, paused or not.
+    List,
+    /// Hold deliveries to an endpoint (nothing is dropped).
+    Pause {
+        /// The endpoint id (`endpoints list`).
+        id: String,
+    },
+    /// Let held deliveries flow again.
+    Resume {
+        /// The endpoint id.
+        id: String,
+    },
+    /// Send a signed `test` event to the endpoint now.
+    Test {
+        /// The endpoint id.
+        id: String,
+    },
+}
+
+fn endpoints_table(list: &[EndpointView]) {
+    let mut t = table(&["ID", "URL", "ROUTES", "PAUSED", "BREAKER"]);
+    for e in list {
+        t.add_row(vec![
+            e.id.clone(),
+            e.url.clone(),
+            e.routes.join(", "),
+            if e.paused { "paused" } else { "-" }.into(),
+            if e.breaker_open { "open" } else { "closed" }.into(),
+        ]);
+    }
+    println!("{t}");
+}
+
+impl Endpoints {
+    /// Runs the `endpoints` subcommand.
+    pub async fn run(self) -> ExitCode {
+        let api = match self.remote.api() {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let json = self.remote.json;
+        let (verb, id) = match self.cmd {
+            EndpointsCmd::List => {
+                let res: Result<Answer<Vec<EndpointView>>, _> = api.get("/endpoints", &[]).await;
+                return print(res, json, |l| endpoints_table(l));
+            }
+            EndpointsCmd::Test { id } => {
+                let res: Result<Answer<TestResult>, _> = api
+                    .post(&format!("/endpoints/{}/test", seg(&id)), &[])
+                    .await;
+                let delivered = matches!(&res, Ok(a) if a.view.delivered);
+                let code = print(res, json, |r| {
+                    println!(
+                        "test event {} to endpoint {id}: {} in {} ms{}",
+                        r.webhook_id,
+                        if r.delivered {
+                            "delivered"
+                        } else {
+                            "not delivered"
+                        },
+                        r.duration_ms,
+                        match (&r.status_code, &r.error) {
+                            (_, Some(e)) => format!(" ({})", cut(e, 100)),
+                            (Some(s), None) => format!(" (HTTP {s})"),
+                            _ => String::new(),
+                        }
+                    )
+                });
+                return if delivered { code } else { ExitCode::from(1) };
+            }
+            EndpointsCmd::Pause { id } => ("pause", id),
+            EndpointsCmd::Resume { id } => ("resume", id),
+        };
+        let res: Result<Answer<EndpointView>, _> = api
+            .post(&format!("/endpoints/{}/{verb}", seg(&id)), &[])
+            .await;
+        print(res, json, |e| endpoints_table(std::slice::from_ref(e)))
+    }
+}
+
+/// `runbridge requests`: recent inbound requests that started nothing.
+#[derive(clap::Args)]
+pub struct RequestsArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// `rejected` or `ignored` (default both).
+    #[arg(long, value_parser = ["rejected", "ignored"])]
+    outcome: Option<String>,
+    #[arg(long)]
+    route: Option<String>,
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl RequestsArgs {
+    /// Runs `requests`.
+    pub async fn run(self) -> ExitCode {
+        let api = match self.remote.api() {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
+        let q = query(&[
+            ("outcome", self.outcome),
+            ("route", self.route),
+            ("limit", self.limit.map(|n| n.to_string())),
+        ]);
+        let res: Result<Answer<Vec<RequestRecord>>, _> = api.get("/requests", &q).await;
+        print(res, self.remote.json, |list| {
+            let mut t = table(&["AT", "ROUTE", "OUTCOME", "STATUS", "ERROR", "REASON"]);
+            for r in list {
+                t.add_row(vec![
+                    r.at.clone(),
+                    r.route.clone(),
+                    name(&r.outcome),
+                    r.status.to_string(),
+                    opt(&r.error),
+                    cut(&r.reason, 80),
+                ]);
+            }
+            println!("{t}");
+        })
+    }
+}
