@@ -265,3 +265,149 @@ async fn send_sets_the_event_fresh_ids_and_required_inputs() {
     assert_eq!(code, 1, "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Checks a captured request with the sender's official library (stripe,
+/// slack_sdk, standardwebhooks); exit 3 when the library is missing.
+const OFFICIAL_VERIFY: &str = r#"
+import base64, json, sys
+kind, secret = sys.argv[1], sys.argv[2]
+data = json.load(sys.stdin)
+body = base64.b64decode(data["body"])
+h = data["headers"]
+try:
+    if kind == "stripe":
+        import stripe
+        stripe.WebhookSignature.verify_header(body.decode(), h["stripe-signature"], secret, tolerance=300)
+    elif kind == "slack":
+        from slack_sdk.signature import SignatureVerifier
+        ok = SignatureVerifier(secret).is_valid(
+            body=body, timestamp=h["x-slack-request-timestamp"], signature=h["x-slack-signature"])
+        sys.exit(0 if ok else 1)
+    elif kind == "standard-webhooks":
+        from standardwebhooks.webhooks import Webhook
+        Webhook(secret).verify(body, h)
+except ImportError as e:
+    print(f"official library missing: {e}", file=sys.stderr)
+    sys.exit(3)
+except Exception as e:
+    print(f"refused: {e!r}", file=sys.stderr)
+    sys.exit(1)
+"#;
+
+/// Runs [`OFFICIAL_VERIFY`]; `None` (loudly) when python or the library is absent.
+fn official_accepts(kind: &str, secret: &str, headers: &Value, body: &[u8]) -> Option<bool> {
+    use base64::Engine;
+    use std::io::Write;
+    let input = serde_json::json!({
+        "headers": headers,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+    });
+    let child = std::process::Command::new("python3")
+        .args(["-c", OFFICIAL_VERIFY, kind, secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("!!!!! SKIPPED: python3 not runnable ({e}); CI installs it. !!!!!");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()?
+        .write_all(input.to_string().as_bytes())
+        .ok()?;
+    let out = child.wait_with_output().ok()?;
+    match out.status.code() {
+        Some(0) => Some(true),
+        Some(3) => {
+            eprintln!(
+                "!!!!! SKIPPED {kind}: {} (.ci/run installs it) !!!!!",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            None
+        }
+        _ => Some(false),
+    }
+}
+
+/// A one-route-at-a-time capture server: records what `send` posts.
+async fn capture() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(Value, Vec<u8>)>,
+) {
+    use axum::{body::Bytes, http::HeaderMap, routing::post, Router};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/hooks/{route}",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let h: serde_json::Map<String, Value> = headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            Value::String(v.to_str().unwrap_or_default().to_string()),
+                        )
+                    })
+                    .collect();
+                let _ = tx.send((Value::Object(h), body.to_vec()));
+                (axum::http::StatusCode::ACCEPTED, "{}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_libraries_accept_what_send_signs() {
+    let slate = FakeSlate::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cli.toml");
+    std::fs::write(
+        &cfg,
+        config_text(&slate, dir.path(), &routes("good", WHSEC_GOOD)),
+    )
+    .expect("write");
+    let (url, mut got) = capture().await;
+    for (route, kind, secret, other) in [
+        ("st", "stripe", "whsec_goodst", "whsec_wrongst"),
+        ("sl", "slack", "good-sl", "wrong-sl"),
+        ("sw", "standard-webhooks", WHSEC_GOOD, WHSEC_BAD),
+    ] {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_runbridge"));
+        scrub_env(&mut cmd);
+        let out = cmd
+            .args(["send", route, "--url", &url])
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .await
+            .expect("ran");
+        assert!(out.status.success(), "{route}: {out:?}");
+        let (headers, body) = tokio::time::timeout(DEADLINE, got.recv())
+            .await
+            .expect("captured in time")
+            .expect("captured");
+        match official_accepts(kind, secret, &headers, &body) {
+            None => continue,
+            Some(ok) => assert!(ok, "{kind}: the official library refused {headers}"),
+        }
+        assert_eq!(
+            official_accepts(kind, other, &headers, &body),
+            Some(false),
+            "{kind}: accepted under another secret"
+        );
+    }
+}
