@@ -58,7 +58,13 @@ pub fn redactor(settings: &Settings) -> Redactor {
             .iter()
             .map(|t| t.token.expose().to_string()),
     );
-    secrets.extend(settings.admin.alert_keys.iter().map(|k| k.to_secret_string()));
+    secrets.extend(
+        settings
+            .admin
+            .alert_keys
+            .iter()
+            .map(|k| k.to_secret_string()),
+    );
     for p in settings.providers.values() {
         match p {
             ProviderSettings::Http(s) => {

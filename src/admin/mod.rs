@@ -14,7 +14,7 @@ pub mod view;
 
 use crate::config::Role;
 use crate::health::Health;
-use crate::run::{CancelPhase, Phase, RunId, RunStatus};
+use crate::run::{CancelPhase, RunId};
 use crate::signing::ct_eq;
 use crate::store::{Store, StoreError};
 use crate::time::Timestamp;
@@ -39,19 +39,13 @@ pub enum AdminError {
     Forbidden,
     /// 404 with a code naming what is missing (`run_not_found`...).
     #[error("{message}")]
-    NotFound {
-        code: &'static str,
-        message: String,
-    },
+    NotFound { code: &'static str, message: String },
     /// 400: the request itself is wrong.
     #[error("{0}")]
     BadRequest(String),
     /// 409 with a code: the request is valid but the state does not allow it.
     #[error("{message}")]
-    Conflict {
-        code: &'static str,
-        message: String,
-    },
+    Conflict { code: &'static str, message: String },
     /// 503: the store cannot answer now (retry later).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -236,15 +230,27 @@ impl Admin {
     /// with the same `webhook-id`, also for a dead or delivered delivery.
     pub async fn redeliver(&self, id: &str, index: u32) -> AdminResult<DeliveryView> {
         let _ = (self.load_run(id).await?, index);
-        Err(AdminError::Internal("redeliver is not implemented yet".into()))
+        Err(AdminError::Internal(
+            "redeliver is not implemented yet".into(),
+        ))
     }
 
-    /// `GET /deliveries`: failing or dead deliveries across runs.
+    /// `GET /deliveries`: failing or dead deliveries across runs, newest
+    /// run first.
     pub async fn list_deliveries(&self, filter: DeliveryFilter) -> AdminResult<DeliveryPage> {
-        let _ = filter;
+        let q = present::delivery_query(&filter)?;
+        let limit = q.limit;
+        let found = self.blocking(move |s| s.list_deliveries(&q)).await?;
+        let next_cursor = (found.len() == limit)
+            .then(|| found.last().map(|(r, i)| format!("{}.{i}", r.id())))
+            .flatten();
+        let redactor = self.inner.topology.load().redactor.clone();
         Ok(DeliveryPage {
-            deliveries: Vec::new(),
-            next_cursor: None,
+            deliveries: found
+                .iter()
+                .filter_map(|(r, i)| present::delivery_item(r, *i as usize, &redactor))
+                .collect(),
+            next_cursor,
         })
     }
 
@@ -252,7 +258,9 @@ impl Admin {
     /// delivery of the route since then, paced, in the background.
     pub async fn recover(&self, route: &str, since: &str) -> AdminResult<Recovery> {
         let _ = (route, since);
-        Err(AdminError::Internal("recover is not implemented yet".into()))
+        Err(AdminError::Internal(
+            "recover is not implemented yet".into(),
+        ))
     }
 
     /// `GET /recoveries/{id}`: a recovery's progress.
@@ -323,11 +331,6 @@ impl Admin {
             },
         })
     }
-}
-
-/// Used by `present` for cancel answers.
-pub(crate) fn ended(status: RunStatus, phase: Phase) -> bool {
-    status.is_terminal() || matches!(phase, Phase::Terminal | Phase::Done)
 }
 
 /// The id of a callback endpoint: a short stable hash of its URL (the

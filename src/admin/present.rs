@@ -8,7 +8,7 @@ use super::{AdminError, AdminResult, CancelOutcome, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::ingress::verify::Check;
 use crate::run::{Attempt, CancelPhase, Delivery, DeliveryState, Phase, Run, RunId, RunStatus};
 use crate::secret::{redact_url, Redactor};
-use crate::store::RunQuery;
+use crate::store::{DeliveryQuery, RunQuery};
 use crate::time::Timestamp;
 use crate::topology::Topology;
 
@@ -38,15 +38,10 @@ pub(super) fn parse_time(key: &str, raw: &str, now: Timestamp) -> AdminResult<Ti
     )))
 }
 
-/// The page size a query asks for: default 50, between 1 and 500.
+/// The page size a query asks for: default 50, clamped to 1..=500 (a
+/// larger ask gets the largest page, with a cursor for the rest).
 pub(super) fn page_limit(limit: Option<usize>) -> AdminResult<usize> {
-    match limit {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(AdminError::BadRequest(format!(
-            "limit must be between 1 and {MAX_LIMIT}; got {n}"
-        ))),
-    }
+    Ok(limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT))
 }
 
 /// Checks the filters of `GET /runs` into a store query.
@@ -97,6 +92,47 @@ pub(super) fn run_query(f: &RunFilter, now: Timestamp) -> AdminResult<RunQuery> 
         since,
         until,
         delivery_id: f.delivery_id.clone(),
+        before,
+        limit: page_limit(f.limit)?,
+    })
+}
+
+/// Checks the filters of `GET /deliveries` into a store query. The cursor
+/// is `<run id>.<index>`.
+pub(super) fn delivery_query(f: &DeliveryFilter) -> AdminResult<DeliveryQuery> {
+    let mut states = Vec::new();
+    for s in f.state.as_deref().unwrap_or("").split(',') {
+        let s = s.trim();
+        if s.is_empty() {
+            continue;
+        }
+        let st = serde_json::from_value::<DeliveryState>(serde_json::Value::String(s.into()))
+            .map_err(|_| {
+                AdminError::BadRequest(format!(
+                    "state must be one of pending, failing, delivered, dead, refused, gone; got {s:?}"
+                ))
+            })?;
+        if !states.contains(&st) {
+            states.push(st);
+        }
+    }
+    let before = f
+        .cursor
+        .as_deref()
+        .map(|c| {
+            let bad =
+                || AdminError::BadRequest(format!("cursor must be a next_cursor value; got {c:?}"));
+            let (id, i) = c.split_once('.').ok_or_else(bad)?;
+            Ok::<_, AdminError>((
+                id.parse::<RunId>().map_err(|_| bad())?,
+                i.parse::<u32>().map_err(|_| bad())?,
+            ))
+        })
+        .transpose()?;
+    Ok(DeliveryQuery {
+        states,
+        route: f.route.clone(),
+        since: None,
         before,
         limit: page_limit(f.limit)?,
     })
@@ -423,4 +459,81 @@ pub(super) fn providers(topo: &Topology) -> Vec<ProviderView> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{Observation, RunSpec, Target};
+    use serde_json::json;
+
+    #[test]
+    fn runs_are_shown_without_url_tokens_or_known_secrets() {
+        let mut run = Run::accepted(
+            RunId::new(),
+            RunSpec::example(),
+            Timestamp(1_000),
+            Timestamp(99_000),
+        );
+        let url = "https://user:pa55word@h.example/cb?token=cbtok_123456&v=1";
+        run.finish(
+            Timestamp(2_000),
+            Observation {
+                status: RunStatus::Failed,
+                raw_status: None,
+                output: Some(json!({"echo": "Bearer slat_secret_1"})),
+                error: None,
+                unknown: false,
+            },
+            &[Target {
+                url: url.to_string(),
+                events: vec!["run.failed".into()],
+            }],
+        )
+        .unwrap();
+        run.record_attempt(
+            0,
+            Attempt {
+                at: Timestamp(2_001),
+                duration_ms: 1,
+                status_code: Some(500),
+                error: None,
+                response: Some(format!("no such hook: {url}")),
+            },
+            false,
+            Some(Timestamp(3_000)),
+        );
+        let view = detail(&run, &Redactor::new(["slat_secret_1"]));
+        let shown = serde_json::to_string(&view).unwrap();
+        for secret in ["cbtok_123456", "pa55word", "slat_secret_1"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("\"url\":\"https://h.example/cb?token=***&v=***\""),
+            "{shown}"
+        );
+        assert_eq!(view.deliveries[0].state, DeliveryState::Failing);
+        assert_eq!(view.summary.deliveries.failing, 1);
+        assert_eq!(
+            run.deliveries()[0].url,
+            url,
+            "the record keeps the full URL"
+        );
+        let back: RunDetail = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, view, "the CLI reads what the API writes");
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_durations_ago() {
+        let now = Timestamp(10_000_000);
+        assert_eq!(
+            parse_time("since", "1s", now).unwrap(),
+            Timestamp(9_999_000)
+        );
+        assert_eq!(
+            parse_time("since", "1970-01-01T00:00:01Z", now).unwrap(),
+            Timestamp(1_000)
+        );
+        assert!(parse_time("since", "yesterday", now).is_err());
+    }
 }

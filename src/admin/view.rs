@@ -372,7 +372,7 @@ pub struct RunFilter {
     pub delivery_id: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
-    /// Page size: default 50, at most 500.
+    /// Page size: default 50, at most 500 (larger asks get 500).
     pub limit: Option<usize>,
 }
 
@@ -386,7 +386,7 @@ pub struct DeliveryFilter {
     pub route: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
-    /// Page size: default 50, at most 500.
+    /// Page size: default 50, at most 500 (larger asks get 500).
     pub limit: Option<usize>,
 }
 

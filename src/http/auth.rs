@@ -29,7 +29,14 @@ mod tests {
 
     #[test]
     fn other_schemes_and_empty_tokens_are_refused() {
-        for v in ["Basic abc", "Bearer", "Bearer   ", "Bearerabc", "", "Token abc"] {
+        for v in [
+            "Basic abc",
+            "Bearer",
+            "Bearer   ",
+            "Bearerabc",
+            "",
+            "Token abc",
+        ] {
             assert_eq!(bearer_token(v), None, "{v:?}");
         }
     }

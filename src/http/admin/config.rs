@@ -2,7 +2,9 @@
 //! inbound request log (`/requests`).
 
 use super::{bad, AdminState};
-use crate::admin::view::{ErrorBody, ProviderView, ReloadResult, RequestFilter, RequestRecord, RouteView};
+use crate::admin::view::{
+    ErrorBody, ProviderView, ReloadResult, RequestFilter, RequestRecord, RouteView,
+};
 use crate::http::error::ApiError;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -48,6 +50,9 @@ pub(super) async fn reload(State(st): State<AdminState>) -> Result<Json<ReloadRe
     match st.admin.reload().await {
         Ok(r) => Ok(Json(r)),
         Err(crate::reload::ReloadError::Invalid(e)) => Err(ApiError::InvalidConfig(e.0)),
-        Err(e) => Err(ApiError::Status(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+        Err(e) => Err(ApiError::Status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }

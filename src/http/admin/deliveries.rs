@@ -33,7 +33,10 @@ pub(super) async fn recover(
 ) -> Result<(StatusCode, Json<Recovery>), ApiError> {
     let Path(route) = route.map_err(|e| bad(e.body_text()))?;
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
-    Ok((StatusCode::ACCEPTED, Json(st.admin.recover(&route, &q.since).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.admin.recover(&route, &q.since).await?),
+    ))
 }
 
 /// A recovery's progress.

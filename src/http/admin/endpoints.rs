@@ -11,7 +11,9 @@ use axum::Json;
 #[utoipa::path(get, path = "/endpoints", tag = "endpoints",
     responses((status = 200, body = [EndpointView]), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub(super) async fn list(State(st): State<AdminState>) -> Result<Json<Vec<EndpointView>>, ApiError> {
+pub(super) async fn list(
+    State(st): State<AdminState>,
+) -> Result<Json<Vec<EndpointView>>, ApiError> {
     Ok(Json(st.admin.endpoints().await?))
 }
 

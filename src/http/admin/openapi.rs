@@ -60,3 +60,25 @@ pub(super) async fn serve() -> impl IntoResponse {
     static DOC: std::sync::LazyLock<String> = std::sync::LazyLock::new(document);
     ([(header::CONTENT_TYPE, "application/json")], DOC.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_document_has_every_path_and_a_bearer_scheme() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        for p in [
+            "/runs",
+            "/runs/{id}",
+            "/deliveries",
+            "/endpoints",
+            "/requests",
+            "/reload",
+        ] {
+            assert!(doc["paths"][p].is_object(), "{p} missing");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
+}

@@ -1,7 +1,9 @@
 //! `/runs`: list, show, cancel, replay, redeliver.
 
 use super::{bad, AdminState};
-use crate::admin::view::{CancelResult, DeliveryView, ErrorBody, RunDetail, RunFilter, RunPage, RunSummary};
+use crate::admin::view::{
+    CancelResult, DeliveryView, ErrorBody, RunDetail, RunFilter, RunPage, RunSummary,
+};
 use crate::http::error::ApiError;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -75,5 +77,8 @@ pub(super) async fn redeliver(
     p: Result<Path<(String, u32)>, PathRejection>,
 ) -> Result<(StatusCode, Json<DeliveryView>), ApiError> {
     let Path((id, index)) = p.map_err(|e| bad(e.body_text()))?;
-    Ok((StatusCode::ACCEPTED, Json(st.admin.redeliver(&id, index).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(st.admin.redeliver(&id, index).await?),
+    ))
 }
