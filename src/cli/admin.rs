@@ -4,7 +4,7 @@
 //! drift apart silently.
 
 use super::http::{seg, Answer, Api, Failure};
-use super::output::{cut, fail, fields, name, opt, print, short, table};
+use super::output::{cut, fail, fields, name, opt, print, short, show, table};
 use runbridge::admin::view::{
     CancelResult, DeliveryCounts, DeliveryItem, DeliveryPage, DeliveryView, EndpointView, Recovery,
     RecoveryState, RequestRecord, RunDetail, RunPage, RunSummary, TestResult,
@@ -157,7 +157,7 @@ fn runs_table(runs: &[RunSummary]) {
             counts(&r.deliveries),
         ]);
     }
-    println!("{t}");
+    show(&t);
 }
 
 fn attempt_text(status: Option<u16>, error: &Option<String>) -> String {
@@ -212,13 +212,14 @@ fn show_run(d: &RunDetail) {
     if !d.replays.is_empty() {
         rows.push(("replays", d.replays.join(", ")));
     }
-    println!("{}", fields(&rows));
+    show(&fields(&rows));
     if !d.history.is_empty() {
         let mut t = table(&["AT", "STATUS", "VENDOR STATUS"]);
         for h in &d.history {
             t.add_row(vec![h.at.clone(), name(&h.status), opt(&h.raw_status)]);
         }
-        println!("\nStatus history\n{t}");
+        println!("\nStatus history");
+        show(&t);
     }
     if !d.deliveries.is_empty() {
         let mut t = table(&["#", "EVENT", "STATE", "URL", "ATTEMPT AT", "RESULT", "MS"]);
@@ -249,7 +250,8 @@ fn show_run(d: &RunDetail) {
                 ]));
             }
         }
-        println!("\nDeliveries\n{t}");
+        println!("\nDeliveries");
+        show(&t);
     }
 }
 
@@ -369,7 +371,7 @@ fn deliveries_table(items: &[DeliveryItem]) {
             d.url.clone(),
         ]);
     }
-    println!("{t}");
+    show(&t);
 }
 
 fn delivery_view(run: &str, d: &DeliveryView) {
@@ -380,14 +382,11 @@ fn delivery_view(run: &str, d: &DeliveryView) {
         d.webhook_id,
         name(&d.state)
     );
-    println!(
-        "{}",
-        fields(&[
-            ("url", d.url.clone()),
-            ("attempts", d.attempts.len().to_string()),
-            ("next attempt", opt(&d.next_attempt_at)),
-        ])
-    );
+    show(&fields(&[
+        ("url", d.url.clone()),
+        ("attempts", d.attempts.len().to_string()),
+        ("next attempt", opt(&d.next_attempt_at)),
+    ]));
 }
 
 impl Deliveries {
@@ -459,22 +458,19 @@ fn progress(r: &Recovery) -> String {
 }
 
 fn recovery_table(r: &Recovery) {
-    println!(
-        "{}",
-        fields(&[
-            ("recovery", r.id.clone()),
-            ("route", r.route.clone()),
-            ("since", r.since.clone()),
-            ("state", name(&r.state)),
-            ("matched", r.matched.to_string()),
-            ("requeued", r.requeued.to_string()),
-            ("delivered", r.delivered.to_string()),
-            ("still failing", r.still_failing.to_string()),
-            ("started", r.started_at.clone()),
-            ("finished", opt(&r.finished_at)),
-            ("error", opt(&r.error)),
-        ])
-    );
+    show(&fields(&[
+        ("recovery", r.id.clone()),
+        ("route", r.route.clone()),
+        ("since", r.since.clone()),
+        ("state", name(&r.state)),
+        ("matched", r.matched.to_string()),
+        ("requeued", r.requeued.to_string()),
+        ("delivered", r.delivered.to_string()),
+        ("still failing", r.still_failing.to_string()),
+        ("started", r.started_at.clone()),
+        ("finished", opt(&r.finished_at)),
+        ("error", opt(&r.error)),
+    ]));
 }
 
 impl RecoverArgs {
@@ -566,7 +562,7 @@ fn endpoints_table(list: &[EndpointView]) {
             if e.breaker_open { "open" } else { "closed" }.into(),
         ]);
     }
-    println!("{t}");
+    show(&t);
 }
 
 impl Endpoints {
@@ -655,7 +651,7 @@ impl RequestsArgs {
                     cut(&r.reason, 80),
                 ]);
             }
-            println!("{t}");
+            show(&t);
         })
     }
 }

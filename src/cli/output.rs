@@ -2,18 +2,26 @@
 //! with `--json`, errors on stderr with exit code 1.
 
 use super::http::{Answer, Failure};
-use comfy_table::{presets, ContentArrangement, Table};
+use comfy_table::{presets, ContentArrangement, Table, TableComponent};
 use serde::Serialize;
 use serde_json::Value;
 use std::process::ExitCode;
 
-/// A table with the CLI's look and these column names.
+/// A table with the CLI's look (columns aligned, one line under the
+/// header, no borders: easy to read and to grep) and these column names.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
+    t.load_preset(presets::NOTHING)
+        .set_style(TableComponent::HeaderLines, '─')
+        .set_style(TableComponent::MiddleHeaderIntersections, '─')
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header.iter().copied());
     t
+}
+
+/// Prints a table without trailing blanks.
+pub fn show(t: &Table) {
+    println!("{}", t.trim_fmt());
 }
 
 /// A two-column (field, value) table for one record.
