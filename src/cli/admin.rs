@@ -37,11 +37,16 @@ pub struct Remote {
     /// How long one request may take.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Sent as `Idempotency-Key` on POSTs: the same key (and token) within
+    /// 24 h answers the first answer again without acting twice.
+    #[arg(long, global = true, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Remote {
     fn api(&self) -> Result<Api, Failure> {
-        Api::new(&self.url, self.token.clone(), self.timeout)
+        Ok(Api::new(&self.url, self.token.clone(), self.timeout)?
+            .with_idempotency_key(self.idempotency_key.clone()))
     }
 }
 

@@ -71,6 +71,7 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 /// One answer: the typed view and the raw JSON (for `--json`).
@@ -88,7 +89,15 @@ impl Api {
             http: client(timeout).map_err(Failure::Transport)?,
             base: base.trim_end_matches('/').to_string(),
             token: token.filter(|t| !t.is_empty()),
+            idempotency_key: None,
         })
+    }
+
+    /// Sends `Idempotency-Key: key` with every POST, so a command run again
+    /// (a retry after a timeout) gets the first answer and acts once.
+    pub fn with_idempotency_key(mut self, key: Option<String>) -> Api {
+        self.idempotency_key = key.filter(|k| !k.is_empty());
+        self
     }
 
     /// `GET path?query`.
@@ -123,6 +132,13 @@ impl Api {
         }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
+        }
+        if let Some(k) = self
+            .idempotency_key
+            .as_ref()
+            .filter(|_| method == reqwest::Method::POST)
+        {
+            req = req.header("idempotency-key", k);
         }
         let resp = req.send().await.map_err(|e| {
             let why = if e.is_timeout() {
