@@ -381,8 +381,21 @@ async fn deliveries_redeliver_and_recover() {
     )
     .await
     .ok();
-    assert!(rec.stderr.contains("recover gh ("), "{}", rec.stderr);
-    assert!(rec.stderr.contains("matched"), "{}", rec.stderr);
+    // Progress: the running state first, then each change, ending done.
+    let lines: Vec<&str> = rec.stderr.lines().collect();
+    assert!(lines.len() >= 2, "{}", rec.stderr);
+    assert!(
+        lines[0].starts_with("recover gh (running): "),
+        "{}",
+        rec.stderr
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("recover gh (done): 2 matched, 2 requeued")),
+        "{}",
+        rec.stderr
+    );
     assert!(rec.stdout.contains("done"), "{}", rec.stdout);
     for id in [&a, &b] {
         d.wait_run(id, "recovered", |r| {
