@@ -509,3 +509,29 @@ async fn endpoints_and_requests() {
         none.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_providers_without_secrets() {
+    let slate = FakeSlate::start().await;
+    let rx = Receiver::start(CALLBACK_SECRET).await;
+    let d = daemon(&slate, &rx).await;
+    let t = cli(&d, &["routes"]).await.ok();
+    for want in ["gh", "slow", "github", "wf_ok", &rx.url()] {
+        assert!(t.stdout.contains(want), "{want} missing: {}", t.stdout);
+    }
+    let j = cli(&d, &["routes", "--json"]).await.ok().json();
+    assert!(j.as_array().is_some_and(|a| a.len() == 2), "{j}");
+    let p = cli(&d, &["providers"]).await.ok();
+    assert!(
+        p.stdout.contains("slate") && p.stdout.contains("sim"),
+        "{}",
+        p.stdout
+    );
+    let pj = cli(&d, &["providers", "--json"]).await.ok().json();
+    assert!(pj.as_array().is_some_and(|a| a.len() == 2), "{pj}");
+    for out in [&t.stdout, &p.stdout, &j.to_string(), &pj.to_string()] {
+        for secret in [GH_SECRET, SLATE_TOKEN, CALLBACK_SECRET] {
+            assert!(!out.contains(secret), "a secret shown: {out}");
+        }
+    }
+}

@@ -1,13 +1,14 @@
-//! The admin commands over the HTTP API: `runs`, `deliveries`, `recover`,
-//! `endpoints`, `requests`. Answers are deserialized into the API's own
-//! view types (`runbridge::admin::view`), so the CLI and the daemon cannot
-//! drift apart silently.
+//! The admin commands over the HTTP API for runs and deliveries: `runs`,
+//! `deliveries`, `recover` (the others are in `ops.rs`), and the options
+//! every admin command shares ([`Remote`]). Answers are deserialized into
+//! the API's own view types (`runbridge::admin::view`), so the CLI and the
+//! daemon cannot drift apart silently.
 
 use super::http::{seg, Answer, Api, Failure};
 use super::output::{cut, fail, fields, name, opt, print, short, show, table};
 use runbridge::admin::view::{
-    CancelResult, DeliveryCounts, DeliveryItem, DeliveryPage, DeliveryView, EndpointView, Recovery,
-    RecoveryState, RequestRecord, RunDetail, RunPage, RunSummary, TestResult,
+    CancelResult, DeliveryCounts, DeliveryItem, DeliveryPage, DeliveryView, Recovery,
+    RecoveryState, RunDetail, RunPage, RunSummary,
 };
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn api(&self) -> Result<Api, Failure> {
+    pub(super) fn api(&self) -> Result<Api, Failure> {
         Ok(Api::new(&self.url, self.token.clone(), self.timeout)?
             .with_idempotency_key(self.idempotency_key.clone()))
     }
@@ -110,7 +111,7 @@ struct RunsList {
 }
 
 /// `(name, value)` query pairs of the options that are set.
-fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {
+pub(super) fn query(pairs: &[(&'static str, Option<String>)]) -> Vec<(&'static str, String)> {
     pairs
         .iter()
         .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
@@ -523,140 +524,5 @@ impl RecoverArgs {
             }
             RecoveryState::Failed => ExitCode::from(1),
         }
-    }
-}
-
-/// `runbridge endpoints ...`
-#[derive(clap::Args)]
-pub struct Endpoints {
-    #[command(flatten)]
-    remote: Remote,
-    #[command(subcommand)]
-    cmd: EndpointsCmd,
-}
-
-#[derive(clap::Subcommand)]
-enum EndpointsCmd {
-    /// Callback endpoints, paused or not.
-    List,
-    /// Hold deliveries to an endpoint (nothing is dropped).
-    Pause {
-        /// The endpoint id (`endpoints list`).
-        id: String,
-    },
-    /// Let held deliveries flow again.
-    Resume {
-        /// The endpoint id.
-        id: String,
-    },
-    /// Send a signed `test` event to the endpoint now.
-    Test {
-        /// The endpoint id.
-        id: String,
-    },
-}
-
-fn endpoints_table(list: &[EndpointView]) {
-    let mut t = table(&["ID", "URL", "ROUTES", "PAUSED", "BREAKER"]);
-    for e in list {
-        t.add_row(vec![
-            e.id.clone(),
-            e.url.clone(),
-            e.routes.join(", "),
-            if e.paused { "paused" } else { "-" }.into(),
-            if e.breaker_open { "open" } else { "closed" }.into(),
-        ]);
-    }
-    show(&t);
-}
-
-impl Endpoints {
-    /// Runs the `endpoints` subcommand.
-    pub async fn run(self) -> ExitCode {
-        let api = match self.remote.api() {
-            Ok(a) => a,
-            Err(e) => return fail(&e),
-        };
-        let json = self.remote.json;
-        let (verb, id) = match self.cmd {
-            EndpointsCmd::List => {
-                let res: Result<Answer<Vec<EndpointView>>, _> = api.get("/endpoints", &[]).await;
-                return print(res, json, |l| endpoints_table(l));
-            }
-            EndpointsCmd::Test { id } => {
-                let res: Result<Answer<TestResult>, _> = api
-                    .post(&format!("/endpoints/{}/test", seg(&id)), &[])
-                    .await;
-                let delivered = matches!(&res, Ok(a) if a.view.delivered);
-                let code = print(res, json, |r| {
-                    println!(
-                        "test event {} to endpoint {id}: {} in {} ms{}",
-                        r.webhook_id,
-                        if r.delivered {
-                            "delivered"
-                        } else {
-                            "not delivered"
-                        },
-                        r.duration_ms,
-                        match (&r.status_code, &r.error) {
-                            (_, Some(e)) => format!(" ({})", cut(e, 100)),
-                            (Some(s), None) => format!(" (HTTP {s})"),
-                            _ => String::new(),
-                        }
-                    )
-                });
-                return if delivered { code } else { ExitCode::from(1) };
-            }
-            EndpointsCmd::Pause { id } => ("pause", id),
-            EndpointsCmd::Resume { id } => ("resume", id),
-        };
-        let res: Result<Answer<EndpointView>, _> = api
-            .post(&format!("/endpoints/{}/{verb}", seg(&id)), &[])
-            .await;
-        print(res, json, |e| endpoints_table(std::slice::from_ref(e)))
-    }
-}
-
-/// `runbridge requests`: recent inbound requests that started nothing.
-#[derive(clap::Args)]
-pub struct RequestsArgs {
-    #[command(flatten)]
-    remote: Remote,
-    /// `rejected` or `ignored` (default both).
-    #[arg(long, value_parser = ["rejected", "ignored"])]
-    outcome: Option<String>,
-    #[arg(long)]
-    route: Option<String>,
-    #[arg(long)]
-    limit: Option<usize>,
-}
-
-impl RequestsArgs {
-    /// Runs `requests`.
-    pub async fn run(self) -> ExitCode {
-        let api = match self.remote.api() {
-            Ok(a) => a,
-            Err(e) => return fail(&e),
-        };
-        let q = query(&[
-            ("outcome", self.outcome),
-            ("route", self.route),
-            ("limit", self.limit.map(|n| n.to_string())),
-        ]);
-        let res: Result<Answer<Vec<RequestRecord>>, _> = api.get("/requests", &q).await;
-        print(res, self.remote.json, |list| {
-            let mut t = table(&["AT", "ROUTE", "OUTCOME", "STATUS", "ERROR", "REASON"]);
-            for r in list {
-                t.add_row(vec![
-                    r.at.clone(),
-                    r.route.clone(),
-                    name(&r.outcome),
-                    r.status.to_string(),
-                    opt(&r.error),
-                    cut(&r.reason, 80),
-                ]);
-            }
-            show(&t);
-        })
     }
 }

@@ -1,10 +1,12 @@
 //! The operator's subcommands: `send` (sign and post a sample webhook from
 //! the local config) and the admin commands over the HTTP API (`runs`,
-//! `deliveries`, `recover`, `endpoints`, `requests`). `main.rs` only
-//! flattens [`Ops`] into its command list and calls [`run`].
+//! `deliveries`, `recover`, `endpoints`, `requests`, `routes`,
+//! `providers`). `main.rs` only flattens [`Ops`] into its command list and
+//! calls [`run`].
 
 mod admin;
 mod http;
+mod ops;
 mod output;
 pub mod send;
 
@@ -23,9 +25,13 @@ pub enum Ops {
     /// showing progress (admin API).
     Recover(admin::RecoverArgs),
     /// Callback endpoints: list, pause, resume, send a test event (admin API).
-    Endpoints(admin::Endpoints),
+    Endpoints(ops::Endpoints),
     /// Recent inbound requests that started nothing, and why (admin API).
-    Requests(admin::RequestsArgs),
+    Requests(ops::RequestsArgs),
+    /// The live routes: provider, verification kinds, callbacks (admin API).
+    Routes(ops::RoutesArgs),
+    /// The live providers (admin API).
+    Providers(ops::ProvidersArgs),
 }
 
 /// Runs one subcommand on a small single-threaded runtime.
@@ -48,6 +54,8 @@ pub fn run(op: Ops) -> ExitCode {
             Ops::Recover(a) => a.run().await,
             Ops::Endpoints(a) => a.run().await,
             Ops::Requests(a) => a.run().await,
+            Ops::Routes(a) => a.run().await,
+            Ops::Providers(a) => a.run().await,
         }
     })
 }
