@@ -93,3 +93,35 @@ pub fn fail(e: &Failure) -> ExitCode {
     eprintln!("runbridge: {e}");
     ExitCode::from(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cut_keeps_one_line_within_the_width() {
+        assert_eq!(cut("short", 10), "short");
+        assert_eq!(cut("a\nb", 10), "a b");
+        assert_eq!(cut("abcdefghijkl", 5), "abcd…");
+        assert_eq!(cut("ééééé", 3), "éé…");
+        assert_eq!(short(&json!({"a": 1}), 20), r#"{"a":1}"#);
+        assert_eq!(short(&json!("text"), 20), "text");
+    }
+
+    #[test]
+    fn names_and_options() {
+        assert_eq!(name(&runbridge::run::RunStatus::TimedOut), "timed_out");
+        assert_eq!(opt::<String>(&None), "-");
+        assert_eq!(opt(&Some(3)), "3");
+    }
+
+    #[test]
+    fn tables_have_no_trailing_blanks() {
+        let mut t = table(&["A", "LONG HEADER"]);
+        t.add_row(vec!["x", "y"]);
+        let text = t.trim_fmt();
+        assert!(text.lines().all(|l| !l.ends_with(' ')), "{text:?}");
+        assert!(text.contains('─'), "{text}");
+    }
+}
