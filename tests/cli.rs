@@ -421,6 +421,15 @@ async fn deliveries_redeliver_and_recover() {
     .json();
     assert_eq!(j["state"], "done", "{j}");
     assert_eq!(j["matched"], 0, "{j}");
+    // --follow: an existing recovery by id, to the same end.
+    let id = j["id"].as_str().expect("recovery id");
+    let f = cli(&d, &["recover", "--follow", id, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!((&f["id"], &f["state"]), (&j["id"], &j["state"]), "{f}");
+    let usage = cli(&d, &["recover", "gh"]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
     let unknown = cli(&d, &["recover", "nope", "--since", "1h"]).await;
     assert_eq!(unknown.code, 1);
     assert!(unknown.stderr.contains("HTTP 404"), "{}", unknown.stderr);

@@ -439,10 +439,14 @@ pub struct RecoverArgs {
     #[command(flatten)]
     remote: Remote,
     /// The route whose failing and dead deliveries are sent again.
-    route: String,
+    #[arg(required_unless_present = "follow")]
+    route: Option<String>,
     /// Deliveries of runs created since: a duration ago (`2h`) or RFC 3339.
-    #[arg(long)]
-    since: String,
+    #[arg(long, required_unless_present = "follow")]
+    since: Option<String>,
+    /// Follow a recovery already started (its id) instead of starting one.
+    #[arg(long, value_name = "RECOVERY_ID", conflicts_with_all = ["route", "since"])]
+    follow: Option<String>,
     /// How often progress is asked for.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     interval: Duration,
@@ -480,19 +484,27 @@ fn recovery_table(r: &Recovery) {
 }
 
 impl RecoverArgs {
-    /// Starts a recovery and follows it: progress on stderr, the result on
-    /// stdout; exit 1 if it failed or is still running after `--wait`.
+    /// Starts a recovery (or takes one with `--follow`) and follows it:
+    /// progress on stderr, the result on stdout; exit 1 if it failed or is
+    /// still running after `--wait`.
     pub async fn run(self) -> ExitCode {
         let api = match self.remote.api() {
             Ok(a) => a,
             Err(e) => return fail(&e),
         };
-        let path = format!("/routes/{}/recover", seg(&self.route));
-        let mut last: Answer<Recovery> =
-            match api.post(&path, &[("since", self.since.clone())]).await {
-                Ok(a) => a,
-                Err(e) => return fail(&e),
-            };
+        let first = match (&self.follow, &self.route, &self.since) {
+            (Some(id), _, _) => api.get(&format!("/recoveries/{}", seg(id)), &[]).await,
+            (None, Some(route), Some(since)) => {
+                let path = format!("/routes/{}/recover", seg(route));
+                api.post(&path, &[("since", since.clone())]).await
+            }
+            // clap requires ROUTE and --since without --follow.
+            _ => return ExitCode::from(2),
+        };
+        let mut last: Answer<Recovery> = match first {
+            Ok(a) => a,
+            Err(e) => return fail(&e),
+        };
         let end = Instant::now() + self.wait;
         let mut shown = String::new();
         loop {
@@ -511,13 +523,14 @@ impl RecoverArgs {
                 Err(e) => return fail(&e),
             }
         }
-        let state = last.view.state;
+        let (state, id) = (last.view.state, last.view.id.clone());
         let code = print(Ok(last), self.remote.json, recovery_table);
         match state {
             RecoveryState::Done => code,
             RecoveryState::Running => {
                 eprintln!(
-                    "runbridge: still running after {:?}; it goes on in the daemon",
+                    "runbridge: still running after {:?}; it goes on in the daemon \
+                     (runbridge recover --follow {id})",
                     self.wait
                 );
                 ExitCode::from(1)
