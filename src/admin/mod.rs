@@ -199,8 +199,16 @@ impl Admin {
         let next_cursor = (runs.len() == limit)
             .then(|| runs.last().map(|r| r.id().to_string()))
             .flatten();
+        let redactor = self.inner.topology.load().redactor.clone();
         Ok(RunPage {
-            runs: runs.iter().map(present::summary).collect(),
+            runs: runs
+                .iter()
+                .map(|r| {
+                    let mut s = present::summary(r);
+                    s.raw_status = s.raw_status.map(|v| redactor.scrub(&v));
+                    s
+                })
+                .collect(),
             next_cursor,
         })
     }
