@@ -31,8 +31,16 @@ fn with_admin(cfg: &Config, dir: &std::path::Path, alert_url: Option<&str>) -> S
 }
 
 async fn start(cfg: &Config, alert_url: Option<&str>) -> Daemon {
+    start_edited(cfg, alert_url, |t| t).await
+}
+
+async fn start_edited(
+    cfg: &Config,
+    alert_url: Option<&str>,
+    edit: impl Fn(String) -> String,
+) -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = with_admin(cfg, dir.path(), alert_url);
+    let text = edit(with_admin(cfg, dir.path(), alert_url));
     Daemon::start_with_text(dir, &text).await
 }
 
@@ -428,8 +436,16 @@ async fn a_paused_endpoint_holds_deliveries_across_a_restart_and_resume_releases
 async fn endpoint_tests_request_log_and_live_config_hide_every_secret() {
     let slate = FakeSlate::start().await;
     let rx = Receiver::start(CALLBACK_SECRET).await;
-    let cfg = Config::new(&slate).route(RouteCfg::new("gh", "wf_ok").callback(&rx.url()));
-    let d = start(&cfg, None).await;
+    let cfg = Config::new(&slate)
+        .route(RouteCfg::new("gh", "wf_ok").callback(&rx.url()))
+        .route(RouteCfg::new("pushes", "wf_ok"));
+    let d = start_edited(&cfg, None, |t| {
+        t.replace(
+            "[routes.pushes]\n",
+            "[routes.pushes]\nfilter = { at = \"header.X-GitHub-Event\", equals = \"release\" }\n",
+        )
+    })
+    .await;
 
     // A signed test event, sent now.
     let (_, eps) = d.admin_get("/endpoints").await;
@@ -469,6 +485,14 @@ async fn endpoint_tests_request_log_and_live_config_hide_every_secret() {
     assert!(recs[1]["reason"].as_str().is_some_and(|r| !r.is_empty()));
     let (_, ignored) = d.admin_get("/requests?outcome=ignored").await;
     assert_eq!(ignored, serde_json::json!([]));
+    let r = d
+        .post_github("pushes", "ign-1", &gh_payload("acme/x"))
+        .await;
+    assert_eq!(r.body["ignored"], true, "{r:?}");
+    let (_, ignored) = d.admin_get("/requests?outcome=ignored").await;
+    assert_eq!(ignored[0]["route"], "pushes", "{ignored}");
+    assert_eq!(ignored[0]["outcome"], "ignored");
+    assert!(ignored[0]["error"].is_null());
     let (_, gh_only) = d.admin_get("/requests?route=gh").await;
     assert_eq!(gh_only.as_array().unwrap().len(), 1);
 
@@ -477,6 +501,7 @@ async fn endpoint_tests_request_log_and_live_config_hide_every_secret() {
     let (s2, providers) = d.admin_get("/providers").await;
     assert_eq!((s1, s2), (200, 200));
     assert_eq!(routes[0]["name"], "gh");
+    assert_eq!(routes.as_array().unwrap().len(), 2);
     assert_eq!(routes[0]["verify"][0]["kind"], "github");
     assert_eq!(
         routes[0]["verify"][0]["secrets"],

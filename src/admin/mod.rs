@@ -49,6 +49,14 @@ pub enum AdminError {
     /// 409 with a code: the request is valid but the state does not allow it.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// 409 like `Conflict`, with more fields for the body (a cancel's
+    /// `run_id`, `status` and the vendor's reason).
+    #[error("{message}")]
+    ConflictWith {
+        code: &'static str,
+        message: String,
+        extra: serde_json::Map<String, serde_json::Value>,
+    },
     /// 503: the store cannot answer now (retry later).
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -326,9 +326,19 @@ pub(super) fn detail(run: &Run, redactor: &Redactor) -> RunDetail {
 pub(super) fn cancel_outcome(run: &Run) -> AdminResult<CancelOutcome> {
     let run_id = run.id().to_string();
     let status = run.status();
-    let ended = |run_id: &str| AdminError::Conflict {
+    let extra = |run_id: &str, reason: Option<&serde_json::Value>| {
+        let mut m = serde_json::Map::new();
+        m.insert("run_id".into(), run_id.into());
+        m.insert("status".into(), status.as_str().into());
+        if let Some(r) = reason {
+            m.insert("vendor_reason".into(), r.clone());
+        }
+        m
+    };
+    let ended = |run_id: &str| AdminError::ConflictWith {
         code: "run_ended",
         message: format!("run {run_id} already ended {}", status.as_str()),
+        extra: extra(run_id, None),
     };
     match run.cancel() {
         Some(c) if c.phase == CancelPhase::Done || status == RunStatus::Canceled => {
@@ -343,14 +353,11 @@ pub(super) fn cancel_outcome(run: &Run) -> AdminResult<CancelOutcome> {
             })
         }
         Some(_) if !run.is_unfinished() || run.phase() == Phase::Terminal => Err(ended(&run_id)),
-        Some(c) if c.phase == CancelPhase::Refused => Err(AdminError::Conflict {
+        Some(c) if c.phase == CancelPhase::Refused => Err(AdminError::ConflictWith {
+            extra: extra(&run_id, c.reason.as_ref()),
             code: "cancel_refused",
             message: format!(
-                "the provider refused to cancel run {run_id}: {}",
-                c.reason
-                    .as_ref()
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|| "no reason given".into())
+                "the provider refused to cancel run {run_id}; its reason is in vendor_reason"
             ),
         }),
         Some(c) => Ok(CancelOutcome {

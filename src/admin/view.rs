@@ -344,7 +344,9 @@ pub struct ReloadReportView {
     pub retired_providers: Vec<String>,
 }
 
-/// Every error answer: `{"error": code, "message": text}`.
+/// Every error answer: `{"error": code, "message": text}`; a few add
+/// context (a cancel's `run_id`, `status`, `vendor_reason`; a reload's
+/// `problems`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// A stable code (`run_not_found`, `forbidden`...).

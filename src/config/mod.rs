@@ -548,6 +548,42 @@ mod tests {
     "#;
 
     #[test]
+    fn admin_tokens_have_roles_and_the_old_key_is_a_write_token() {
+        let text = format!(
+            "{GOOD}\n[admin]\nalert_url = \"https://ops.example/alerts\"\n\
+             alert_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+             [[admin.tokens]]\ntoken = \"dashboard-token\"\nrole = \"read\"\n"
+        );
+        let s = load_str(&text).unwrap();
+        let roles: Vec<(&str, Role)> = s
+            .admin
+            .tokens
+            .iter()
+            .map(|t| (t.token.expose(), t.role))
+            .collect();
+        assert_eq!(roles, [("t", Role::Write), ("dashboard-token", Role::Read)]);
+        assert_eq!(s.admin.recent_requests, 1000);
+        assert_eq!(s.admin.alert_keys.len(), 1);
+        assert!(!format!("{:?}", s.admin).contains("dashboard-token"));
+
+        let bad = format!(
+            "{GOOD}\n[admin]\nalert_url = \"https://ops.example/a\"\nrecent_requests = 0\n\
+             [[admin.tokens]]\ntoken = \"x\"\nrole = \"read\"\n"
+        );
+        let keys = |text: &str| -> Vec<String> {
+            load_str(text)
+                .unwrap_err()
+                .0
+                .into_iter()
+                .map(|p| p.key)
+                .collect()
+        };
+        assert_eq!(keys(&bad), ["admin.alert_secret", "admin.recent_requests"]);
+        let role = format!("{GOOD}\n[[admin.tokens]]\ntoken = \"x\"\nrole = \"admin\"\n");
+        assert_eq!(keys(&role), ["admin.tokens[0].role"]);
+    }
+
+    #[test]
     fn good_config_loads() {
         let s = load_str(GOOD).unwrap();
         assert_eq!(s.server.body_limit, 64 * 1024);

@@ -104,8 +104,15 @@ impl ApiError {
                 AdminError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
                 AdminError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code),
                 AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-                AdminError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
-                AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+                AdminError::Conflict { code, .. } | AdminError::ConflictWith { code, .. } => {
+                    (StatusCode::CONFLICT, *code)
+                }
+                // A fault or shutdown passes (retry later); a backend
+                // error or an undecodable record is ours to fix.
+                AdminError::Store(StoreError::Unavailable(_) | StoreError::Closed) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+                }
+                AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
                 AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             },
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -147,6 +154,13 @@ impl IntoResponse for ApiError {
             _ => self.to_string(),
         };
         let mut body = json!({ "error": code, "message": message });
+        if let ApiError::Admin(AdminError::ConflictWith { extra, .. }) = &self {
+            for (k, v) in extra {
+                if k != "error" && k != "message" {
+                    body[k] = v.clone();
+                }
+            }
+        }
         if let ApiError::InvalidConfig(problems) = &self {
             body["problems"] = problems
                 .iter()
@@ -173,5 +187,30 @@ impl IntoResponse for ApiError {
             }
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_failures_are_500_and_say_nothing_of_the_cause() {
+        let e = ApiError::from(AdminError::Internal("a blocking task failed: boom".into()));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+        );
+        let resp = e.into_response();
+        assert_eq!(resp.status(), 500);
+        let forbidden = ApiError::from(AdminError::Forbidden);
+        assert_eq!(
+            (forbidden.status(), forbidden.code()),
+            (StatusCode::FORBIDDEN, "forbidden")
+        );
+        let store = ApiError::from(AdminError::Store(StoreError::Closed));
+        assert_eq!(store.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let corrupt = ApiError::from(AdminError::Store(StoreError::Corrupt("run x".into())));
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

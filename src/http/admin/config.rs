@@ -13,7 +13,7 @@ use axum::Json;
 
 /// Recent inbound requests that started nothing (rejected or ignored).
 #[utoipa::path(get, path = "/requests", tag = "config", params(RequestFilter),
-    responses((status = 200, body = [RequestRecord]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = [RequestRecord]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn requests(
     State(st): State<AdminState>,
@@ -25,7 +25,7 @@ pub(super) async fn requests(
 
 /// The live routes, every secret as `"***"`.
 #[utoipa::path(get, path = "/routes", tag = "config",
-    responses((status = 200, body = [RouteView]), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = [RouteView]), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn routes(State(st): State<AdminState>) -> Result<Json<Vec<RouteView>>, ApiError> {
     Ok(Json(st.admin.routes().await?))
@@ -33,7 +33,7 @@ pub(super) async fn routes(State(st): State<AdminState>) -> Result<Json<Vec<Rout
 
 /// The live providers, every secret as `"***"`.
 #[utoipa::path(get, path = "/providers", tag = "config",
-    responses((status = 200, body = [ProviderView]), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = [ProviderView]), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn providers(
     State(st): State<AdminState>,
@@ -43,7 +43,7 @@ pub(super) async fn providers(
 
 /// Reloads the config file like SIGHUP; 422 lists every problem of a bad one.
 #[utoipa::path(post, path = "/reload", tag = "config",
-    responses((status = 200, body = ReloadResult), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 200, body = ReloadResult), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody, description = "the reload could not run"),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn reload(State(st): State<AdminState>) -> Result<Json<ReloadResult>, ApiError> {

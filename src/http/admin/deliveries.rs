@@ -10,7 +10,7 @@ use axum::Json;
 
 /// Deliveries that need attention (failing, dead), newest run first.
 #[utoipa::path(get, path = "/deliveries", tag = "deliveries", params(DeliveryFilter),
-    responses((status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = DeliveryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn list(
     State(st): State<AdminState>,
@@ -23,7 +23,7 @@ pub(super) async fn list(
 /// Redelivers every failing or dead delivery of a route since a time, paced.
 #[utoipa::path(post, path = "/routes/{route}/recover", tag = "deliveries",
     params(("route" = String, Path, description = "route name"), RecoverParams),
-    responses((status = 202, body = Recovery), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 202, body = Recovery), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn recover(
@@ -41,7 +41,7 @@ pub(super) async fn recover(
 
 /// A recovery's progress.
 #[utoipa::path(get, path = "/recoveries/{id}", tag = "deliveries", params(("id" = String, Path, description = "recovery id")),
-    responses((status = 200, body = Recovery), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = Recovery), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn recovery(
     State(st): State<AdminState>,

@@ -9,7 +9,7 @@ use axum::Json;
 
 /// Every configured callback endpoint.
 #[utoipa::path(get, path = "/endpoints", tag = "endpoints",
-    responses((status = 200, body = [EndpointView]), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = [EndpointView]), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn list(
     State(st): State<AdminState>,
@@ -19,7 +19,7 @@ pub(super) async fn list(
 
 /// Holds deliveries to the endpoint until resumed (nothing is dropped).
 #[utoipa::path(post, path = "/endpoints/{id}/pause", tag = "endpoints", params(("id" = String, Path, description = "endpoint id")),
-    responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn pause(
     State(st): State<AdminState>,
@@ -31,7 +31,7 @@ pub(super) async fn pause(
 
 /// Lets held deliveries to the endpoint flow again.
 #[utoipa::path(post, path = "/endpoints/{id}/resume", tag = "endpoints", params(("id" = String, Path, description = "endpoint id")),
-    responses((status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = EndpointView), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn resume(
     State(st): State<AdminState>,
@@ -43,7 +43,7 @@ pub(super) async fn resume(
 
 /// Sends a signed `test` event now and answers with the attempt's outcome.
 #[utoipa::path(post, path = "/endpoints/{id}/test", tag = "endpoints", params(("id" = String, Path, description = "endpoint id")),
-    responses((status = 200, body = TestResult), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = TestResult), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn test(
     State(st): State<AdminState>,

@@ -12,7 +12,7 @@ use axum::Json;
 
 /// Runs matching every given filter, newest first, a page at a time.
 #[utoipa::path(get, path = "/runs", tag = "runs", params(RunFilter),
-    responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn list(
     State(st): State<AdminState>,
@@ -24,7 +24,7 @@ pub(super) async fn list(
 
 /// One run: history, events, deliveries and every attempt.
 #[utoipa::path(get, path = "/runs/{id}", tag = "runs", params(("id" = String, Path, description = "run id")),
-    responses((status = 200, body = RunDetail), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = RunDetail), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn show(
     State(st): State<AdminState>,
@@ -36,7 +36,7 @@ pub(super) async fn show(
 
 /// Cancels a run: 200 canceled, 202 still in progress, 409 refused or ended.
 #[utoipa::path(post, path = "/runs/{id}/cancel", tag = "runs", params(("id" = String, Path, description = "run id")),
-    responses((status = 200, body = CancelResult), (status = 202, body = CancelResult),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 200, body = CancelResult), (status = 202, body = CancelResult),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn cancel(
@@ -55,7 +55,7 @@ pub(super) async fn cancel(
 
 /// Starts a new run with the same route, workflow and inputs, linked to this one.
 #[utoipa::path(post, path = "/runs/{id}/replay", tag = "runs", params(("id" = String, Path, description = "run id")),
-    responses((status = 201, body = RunSummary), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 201, body = RunSummary), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn replay(
@@ -69,7 +69,7 @@ pub(super) async fn replay(
 /// A new attempt of one delivery now (also dead or delivered), same `webhook-id`.
 #[utoipa::path(post, path = "/runs/{id}/deliveries/{index}/redeliver", tag = "deliveries",
     params(("id" = String, Path, description = "run id"), ("index" = u32, Path, description = "delivery index in the run")),
-    responses((status = 202, body = DeliveryView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 500, body = ErrorBody, description = "internal failure"), (status = 503, body = ErrorBody, description = "storage unavailable; retry"), (status = 202, body = DeliveryView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn redeliver(
