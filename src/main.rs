@@ -1,4 +1,7 @@
-//! The `runbridge` command: `serve`, `check-config`, `receive` and `health`.
+//! The `runbridge` command: `serve`, `check-config`, `receive`, `health`,
+//! and the operator's commands of `cli` (`send`, `runs`, `deliveries`, ...).
+
+mod cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use runbridge::config::Settings;
@@ -88,6 +91,8 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    #[command(flatten)]
+    Ops(Box<cli::Ops>),
 }
 
 /// `runbridge health`: 0 when the daemon answers `/readyz` with
@@ -172,6 +177,7 @@ fn ignore_sigxfsz() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Ops(op) => cli::run(*op),
         Command::CheckConfig {
             config: ConfigArg { config },
             explain: Some(name),

@@ -86,3 +86,11 @@ impl Kind for Basic {
         exposed(&self.passwords)
     }
 }
+
+impl Basic {
+    /// Sends the user and the first password as `Authorization: Basic`.
+    pub fn sign(&self, out: &mut super::Outgoing) {
+        let pair = format!("{}:{}", self.user, super::first(&self.passwords));
+        out.set("authorization", format!("Basic {}", B64.encode(pair)));
+    }
+}

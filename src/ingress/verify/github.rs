@@ -72,3 +72,18 @@ impl Kind for Github {
         Some(DedupeSource::Header("x-github-delivery".into()))
     }
 }
+
+impl Github {
+    /// Signs as GitHub does: `X-Hub-Signature-256` over the body, with
+    /// `X-GitHub-Event` (default `push`) and a fresh `X-GitHub-Delivery`
+    /// unless already set.
+    pub fn sign(&self, out: &mut super::Outgoing, body: &[u8]) {
+        out.set_default("x-github-event", || "push".into());
+        out.set_default("x-github-delivery", || super::fresh_id(""));
+        let mac = crate::signing::hmac_sha256(super::first(&self.secrets).as_bytes(), &[body]);
+        out.set(
+            "x-hub-signature-256",
+            format!("sha256={}", hex::encode(mac)),
+        );
+    }
+}

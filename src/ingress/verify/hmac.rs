@@ -207,3 +207,32 @@ impl Kind for Hmac {
         self.id_header.clone().map(DedupeSource::Header)
     }
 }
+
+impl Hmac {
+    /// Signs as configured: the id header (kept when set, else fresh) and
+    /// the timestamp header first when configured, then the signature
+    /// header with its prefix and encoding.
+    pub fn sign(&self, out: &mut super::Outgoing, body: &[u8], now: Timestamp) {
+        let id = self.id_header.as_ref().map(|h| out.id(h, ""));
+        let ts = self.timestamp_header.as_ref().map(|h| {
+            let ts = now.unix_seconds().to_string();
+            out.set(h, ts.clone());
+            ts
+        });
+        let mut signed: Vec<&[u8]> = Vec::new();
+        for part in [&id, &ts].into_iter().flatten() {
+            signed.extend([part.as_bytes(), self.separator.as_bytes()]);
+        }
+        signed.push(body);
+        let m = mac(
+            self.algorithm,
+            super::first(&self.secrets).as_bytes(),
+            &signed,
+        );
+        let text = match self.encoding {
+            Encoding::Hex => hex::encode(m),
+            Encoding::Base64 => B64.encode(m),
+        };
+        out.set(&self.header, format!("{}{text}", self.prefix));
+    }
+}

@@ -158,3 +158,8 @@ impl Kind for IpAllow {
         Vec::new()
     }
 }
+
+impl IpAllow {
+    /// Nothing to add: the client's address is what it is, not a signature.
+    pub fn sign(&self, _out: &mut super::Outgoing) {}
+}

@@ -386,3 +386,99 @@ pub(crate) fn exposed(secrets: &[Secret]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// A request being built by `runbridge send`: the headers (lowercase names)
+/// and query parameters that the signers add. It reads like an incoming
+/// request ([`Headers`]), so every signer is tested against its own verifier.
+/// No `Debug`: it holds signatures and tokens.
+#[derive(Default, Clone)]
+pub struct Outgoing {
+    /// Header names (lowercase) and values, in the order set.
+    pub headers: Vec<(String, String)>,
+    /// Query parameters, in the order set.
+    pub query: Vec<(String, String)>,
+}
+
+impl Outgoing {
+    /// Sets a header, replacing any earlier value of the same name.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        let name = name.to_ascii_lowercase();
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value.into()));
+    }
+
+    /// Sets a header only when it is not set yet (a value the user gave wins).
+    pub fn set_default(&mut self, name: &str, value: impl FnOnce() -> String) {
+        if self.get(name).is_none() {
+            self.set(name, value());
+        }
+    }
+
+    /// The header's value, or a fresh id stored under it: the id a sender
+    /// both sends and signs (`webhook-id`, an `hmac` kind's `id_header`).
+    pub fn id(&mut self, name: &str, prefix: &str) -> String {
+        self.set_default(name, || fresh_id(prefix));
+        self.get(name).unwrap_or_default().to_string()
+    }
+}
+
+impl Headers for Outgoing {
+    fn get(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn query(&self, name: &str) -> Option<String> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// A new unique delivery id (a ULID after `prefix`).
+pub fn fresh_id(prefix: &str) -> String {
+    format!("{prefix}{}", ulid::Ulid::new())
+}
+
+impl Check {
+    /// Adds what this kind's sender adds to a request with this body (its
+    /// first secret signs; every one is accepted). `none` and `ip_allow`
+    /// add nothing: an address cannot be signed for.
+    pub fn sign(&self, out: &mut Outgoing, body: &[u8], now: Timestamp) {
+        match self {
+            Check::None => {}
+            Check::IpAllow(k) => k.sign(out),
+            Check::Token(k) => k.sign(out),
+            Check::Basic(k) => k.sign(out),
+            Check::Github(k) => k.sign(out, body),
+            Check::Stripe(k) => k.sign(out, body, now),
+            Check::Slack(k) => k.sign(out, body, now),
+            Check::Shopify(k) => k.sign(out, body),
+            Check::Hmac(k) => k.sign(out, body, now),
+            Check::StandardWebhooks(k) => k.sign(out, body, now),
+        }
+    }
+}
+
+impl VerifySettings {
+    /// Signs a request the way the route's configured sender would, every
+    /// kind in checking order (header-only kinds first, signatures last, so
+    /// a signature covers every header set before it). For `runbridge send`.
+    pub fn sign(&self, out: &mut Outgoing, body: &[u8], now: Timestamp) {
+        for c in &self.checks {
+            c.sign(out, body, now);
+        }
+    }
+}
+
+/// The first secret's text (every kind has at least one), or empty.
+pub(crate) fn first(secrets: &[Secret]) -> &str {
+    secrets.first().map(Secret::expose).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod sign_tests;

@@ -72,3 +72,16 @@ impl Kind for Shopify {
         Some(DedupeSource::Header("x-shopify-webhook-id".into()))
     }
 }
+
+impl Shopify {
+    /// Signs as Shopify does: `X-Shopify-Hmac-Sha256` (base64) over the
+    /// body, with `X-Shopify-Topic` (default `orders/create`), a fresh
+    /// `X-Shopify-Webhook-Id` and a sample shop domain unless already set.
+    pub fn sign(&self, out: &mut super::Outgoing, body: &[u8]) {
+        out.set_default("x-shopify-topic", || "orders/create".into());
+        out.set_default("x-shopify-webhook-id", || super::fresh_id(""));
+        out.set_default("x-shopify-shop-domain", || "sample.myshopify.com".into());
+        let mac = crate::signing::hmac_sha256(super::first(&self.secrets).as_bytes(), &[body]);
+        out.set("x-shopify-hmac-sha256", B64.encode(mac));
+    }
+}

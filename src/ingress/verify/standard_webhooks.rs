@@ -98,3 +98,16 @@ impl Kind for StandardWebhooks {
         Some(DedupeSource::Header("webhook-id".into()))
     }
 }
+
+impl StandardWebhooks {
+    /// Signs as a Standard Webhooks sender does: `webhook-id` (kept when
+    /// set, else fresh), `webhook-timestamp` and `webhook-signature`.
+    pub fn sign(&self, out: &mut super::Outgoing, body: &[u8], now: Timestamp) {
+        let id = out.id("webhook-id", "msg_");
+        let ts = now.unix_seconds();
+        if let Some(k) = self.keys.first() {
+            out.set("webhook-signature", k.sign(&id, ts, body));
+        }
+        out.set("webhook-timestamp", ts.to_string());
+    }
+}

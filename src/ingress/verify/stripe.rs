@@ -96,3 +96,15 @@ impl Kind for Stripe {
         Some(DedupeSource::Pointer(Pointer::parse("/id").ok()?))
     }
 }
+
+impl Stripe {
+    /// Signs as Stripe does: `Stripe-Signature: t=<now>,v1=<hex>`.
+    pub fn sign(&self, out: &mut super::Outgoing, body: &[u8], now: Timestamp) {
+        let t = now.unix_seconds().to_string();
+        let mac = crate::signing::hmac_sha256(
+            super::first(&self.secrets).as_bytes(),
+            &[t.as_bytes(), b".", body],
+        );
+        out.set("stripe-signature", format!("t={t},v1={}", hex::encode(mac)));
+    }
+}

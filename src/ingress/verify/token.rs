@@ -116,3 +116,18 @@ impl Kind for Token {
         exposed(&self.tokens)
     }
 }
+
+impl Token {
+    /// Puts the first token where the route expects it.
+    pub fn sign(&self, out: &mut super::Outgoing) {
+        let t = super::first(&self.tokens).to_string();
+        match &self.place {
+            Place::Bearer => out.set("authorization", format!("Bearer {t}")),
+            Place::Header(h) => out.set(h, t),
+            Place::Query(q) => {
+                out.query.retain(|(n, _)| n != q);
+                out.query.push((q.clone(), t));
+            }
+        }
+    }
+}
