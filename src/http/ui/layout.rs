@@ -1,0 +1,158 @@
+//! The console's frame: page layout, sign-in form, error pages, badges.
+//! Templates are `maud` macros, compiled in and escaping every value.
+
+#![allow(dead_code)] // TODO(i9-ui): used by the data pages once the admin layer lands
+
+use super::session::Access;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+/// The sections of the top bar; `Page::None` for pages outside it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Nav {
+    Runs,
+    Deliveries,
+    Routes,
+    None,
+}
+
+/// Who is signed in, for the top bar and the forms of a page.
+pub struct Viewer<'a> {
+    pub access: Access,
+    pub csrf: &'a str,
+}
+
+impl Viewer<'_> {
+    /// Whether this session may act (sees buttons).
+    pub fn can_write(&self) -> bool {
+        self.access == Access::Write
+    }
+
+    /// The hidden CSRF field every form of the page carries.
+    pub fn csrf_field(&self) -> Markup {
+        html! { input type="hidden" name="csrf" value=(self.csrf); }
+    }
+}
+
+fn head(title: &str, refresh: Option<u32>) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="referrer" content="no-referrer";
+            @if let Some(s) = refresh {
+                meta http-equiv="refresh" content=(s);
+            }
+            title { (title) " · runbridge" }
+            link rel="stylesheet" href="/ui/assets/console.css";
+        }
+    }
+}
+
+/// A signed-in page: top bar with the sections, the role, sign-out.
+/// `refresh` reloads the page every so many seconds (live status with
+/// no script).
+pub fn page(title: &str, nav: Nav, viewer: &Viewer, refresh: Option<u32>, body: Markup) -> Markup {
+    let item = |n: Nav, href: &str, label: &str| {
+        html! { a href=(href) class=[(n == nav).then_some("on")] { (label) } }
+    };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head(title, refresh))
+            body {
+                header.top {
+                    a.brand href="/ui/runs" { "run" span { "bridge" } }
+                    nav.nav {
+                        (item(Nav::Runs, "/ui/runs", "Runs"))
+                        (item(Nav::Deliveries, "/ui/deliveries", "Deliveries"))
+                        (item(Nav::Routes, "/ui/routes", "Routes"))
+                    }
+                    div.who {
+                        span.badge.(if viewer.can_write() { "b-info" } else { "" }) id="role" {
+                            @if viewer.can_write() { "write" } @else { "read only" }
+                        }
+                        form.inline method="post" action="/ui/logout" {
+                            (viewer.csrf_field())
+                            button.ghost.small type="submit" id="logout" { "Sign out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The sign-in form, with an optional problem shown above it.
+pub fn login(problem: Option<&str>) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Sign in", None))
+            body {
+                div.login {
+                    h1 { "run" span style="color:var(--accent)" { "bridge" } }
+                    @if let Some(p) = problem {
+                        div.notice.bad id="problem" { (p) }
+                    }
+                    div.panel {
+                        form method="post" action="/ui/login" {
+                            label {
+                                "Admin token"
+                                input type="password" name="token" id="token" autocomplete="current-password" required autofocus;
+                            }
+                            button type="submit" id="sign-in" { "Sign in" }
+                        }
+                    }
+                    p.sub style="text-align:center;margin-top:14px" {
+                        "A token from " code { "[[admin.tokens]]" } " or " code { "server.admin_token" } "."
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A page for an error, signed in or not: the status and what to do.
+pub fn error(status: u16, message: &str, signed_in: bool) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            (head("Error", None))
+            body {
+                div.login {
+                    h1 { (status) }
+                    div.notice.bad id="problem" { (message) }
+                    p style="text-align:center" {
+                        @if signed_in { a href="/ui/runs" { "Back to runs" } }
+                        @else { a href="/ui/login" { "Sign in" } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A status or state as a coloured badge (the class is chosen from a fixed
+/// list, the text is escaped).
+pub fn badge(value: &str) -> Markup {
+    let class = match value {
+        "succeeded" | "delivered" | "done" => "b-ok",
+        "failed" | "dead" | "refused" | "gone" | "timed_out" | "rejected" => "b-bad",
+        "failing" | "canceled" | "cancelled" | "unknown" | "paused" => "b-warn",
+        "running" | "queued" | "pending" | "accepted" | "started" | "waiting" => "b-info",
+        _ => "",
+    };
+    html! { span.badge.(class) data-status=(value) { (value) } }
+}
+
+/// A timestamp as shown: RFC 3339 without the `T` and with `UTC`.
+pub fn when(ts: &str) -> Markup {
+    let shown = ts.replacen('T', " ", 1).replace('Z', " UTC");
+    html! { time datetime=(ts) { (shown) } }
+}
+
+/// A dash for a missing value.
+pub fn dash() -> Markup {
+    PreEscaped("&ndash;".to_string())
+}
