@@ -185,6 +185,17 @@ pub async fn run(
         body_buffer_limit = server.body_buffer_limit,
         "descriptor limit (soft raised to hard) and the connection cap below it"
     );
+    let requests = Arc::new(crate::admin::requests::RequestRing::new(
+        topology.load().settings.admin.recent_requests,
+    ));
+    let admin = crate::admin::Admin::new(crate::admin::AdminParts {
+        store: store.clone(),
+        topology: topology.clone(),
+        wake: wake.clone(),
+        reloader: reloader.clone(),
+        health: health.clone(),
+        requests,
+    });
     let state = EdgeState {
         store: store.clone(),
         topology: topology.clone(),
@@ -195,6 +206,7 @@ pub async fn run(
         metrics,
         reject_log: Arc::new(crate::throttle::Throttle::new(Duration::from_secs(10))),
         gate,
+        admin,
     };
     let app = http::router(state.clone(), server.ops_listen.is_none());
     let listener = open_listener(server.listen, true)?;

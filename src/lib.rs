@@ -6,6 +6,7 @@
 //! (signed callbacks), [`http`] (the axum edge: hooks, health, admin API),
 //! wired by [`app`]. [`health`] collects what `/readyz` reports.
 
+pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod config;

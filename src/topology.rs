@@ -51,6 +51,20 @@ pub fn redactor(settings: &Settings) -> Redactor {
     if let Some(t) = &settings.server.admin_token {
         secrets.push(t.expose().to_string());
     }
+    secrets.extend(
+        settings
+            .admin
+            .tokens
+            .iter()
+            .map(|t| t.token.expose().to_string()),
+    );
+    secrets.extend(
+        settings
+            .admin
+            .alert_keys
+            .iter()
+            .map(|k| k.to_secret_string()),
+    );
     for p in settings.providers.values() {
         match p {
             ProviderSettings::Http(s) => {

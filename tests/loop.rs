@@ -235,7 +235,7 @@ async fn each_terminal_status_reaches_a_signed_callback_and_the_admin_api() {
         .map(|r| ids[r].as_str())
         .collect();
     assert_eq!(listed, expected, "GET /runs must list newest first");
-    assert!(all["next"].is_null(), "{all}");
+    assert!(all["next_cursor"].is_null(), "{all}");
 
     let by_route = d.list_runs("route=fail&limit=100").await;
     let v = by_route["runs"].as_array().unwrap();
@@ -255,16 +255,16 @@ async fn each_terminal_status_reaches_a_signed_callback_and_the_admin_api() {
     assert_eq!(v.len(), 2, "{page}");
     assert_eq!(v[0]["id"], json!(ids["slow"]), "{page}");
     assert!(
-        !page["next"].is_null(),
+        !page["next_cursor"].is_null(),
         "a partial page must carry a cursor: {page}"
     );
-    // The cursor goes back as `before=` (README, HTTP API).
-    let cursor = match &page["next"] {
+    // The cursor goes back as `cursor=` (README, HTTP API).
+    let cursor = match &page["next_cursor"] {
         Value::String(c) => c.clone(),
         other => other.to_string(),
     };
     let page2 = d
-        .list_runs(&format!("limit=2&before={}", urlencode(&cursor)))
+        .list_runs(&format!("limit=2&cursor={}", urlencode(&cursor)))
         .await;
     let v: Vec<&str> = page2["runs"]
         .as_array()
@@ -277,15 +277,15 @@ async fn each_terminal_status_reaches_a_signed_callback_and_the_admin_api() {
         vec![ids["fail"].as_str(), ids["ok"].as_str()],
         "second page: {page2}"
     );
-    let page3_empty = page2["next"].is_null() || {
-        let c = match &page2["next"] {
+    let page3_empty = page2["next_cursor"].is_null() || {
+        let c = match &page2["next_cursor"] {
             Value::String(c) => c.clone(),
             other => other.to_string(),
         };
         let p3 = d
-            .list_runs(&format!("limit=2&before={}", urlencode(&c)))
+            .list_runs(&format!("limit=2&cursor={}", urlencode(&c)))
             .await;
-        p3["runs"].as_array().is_some_and(|r| r.is_empty()) && p3["next"].is_null()
+        p3["runs"].as_array().is_some_and(|r| r.is_empty()) && p3["next_cursor"].is_null()
     };
     assert!(page3_empty, "nothing after the last page: {page2}");
 }

@@ -107,8 +107,8 @@ async fn all_run_ids(d: &Daemon) -> Vec<String> {
         for r in page["runs"].as_array().expect("runs array") {
             ids.push(r["id"].as_str().expect("run id").to_string());
         }
-        match page["next"].as_str() {
-            Some(next) => query = format!("limit=1000&before={next}"),
+        match page["next_cursor"].as_str() {
+            Some(next) => query = format!("limit=500&cursor={next}"),
             None => return ids,
         }
     }

@@ -5,6 +5,7 @@
 //! route is read on its own and checked, so `check-config` can list every
 //! problem with the key path where it is.
 
+pub mod admin;
 mod delivery;
 mod providers;
 mod routes;
@@ -12,6 +13,7 @@ mod scheduler;
 mod server;
 mod storage;
 
+pub use admin::{AdminSettings, AdminToken, Role};
 pub use delivery::DeliverySettings;
 pub use providers::{HttpSettings, ProviderSettings, SimulatedSettings};
 pub use routes::{
@@ -43,6 +45,7 @@ pub mod limits {
     pub use crate::limit::{MAX_IN_FLIGHT, MAX_RATE};
 }
 
+use admin::{check_admin, RawAdmin};
 use delivery::{check_delivery, RawDelivery};
 use providers::{check_provider, RawProvider};
 use routes::{check_route, RawRoute};
@@ -96,6 +99,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub scheduler: SchedulerSettings,
     pub delivery: DeliverySettings,
+    /// `[admin]`: API tokens and roles, the dead-delivery alert.
+    pub admin: AdminSettings,
     pub providers: BTreeMap<String, ProviderSettings>,
     pub routes: BTreeMap<String, RouteSettings>,
 }
@@ -151,12 +156,13 @@ impl Settings {
                 "storage",
                 "scheduler",
                 "delivery",
+                "admin",
                 "providers",
                 "routes",
             ]
             .contains(&key.as_str())
             {
-                p.add(key, "unknown section; expected server, storage, scheduler, delivery, providers or routes");
+                p.add(key, "unknown section; expected server, storage, scheduler, delivery, admin, providers or routes");
             }
         }
         let section = |name: &str| root.get(name).cloned();
@@ -166,6 +172,7 @@ impl Settings {
             .parse("scheduler", section("scheduler"))
             .unwrap_or_default();
         let delivery: RawDelivery = p.parse("delivery", section("delivery")).unwrap_or_default();
+        let admin: RawAdmin = p.parse("admin", section("admin")).unwrap_or_default();
         let raw_providers: BTreeMap<String, config::Value> = p
             .parse("providers", section("providers"))
             .unwrap_or_default();
@@ -176,6 +183,7 @@ impl Settings {
         let storage = storage.check(&mut p);
         let scheduler = check_scheduler(scheduler, &mut p);
         let delivery = check_delivery(delivery, &mut p);
+        let admin = check_admin(admin, server.admin_token.as_ref(), &mut p);
 
         let declared: std::collections::BTreeSet<String> = raw_providers.keys().cloned().collect();
         let mut providers = BTreeMap::new();
@@ -204,6 +212,7 @@ impl Settings {
                 storage,
                 scheduler,
                 delivery,
+                admin,
                 providers,
                 routes,
             })

@@ -1,6 +1,7 @@
 //! The one place errors become HTTP responses: a status code and a JSON body
 //! `{"error": <code>, "message": <text>}` that says what is wrong.
 
+use crate::admin::AdminError;
 use crate::ingress::IngressError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
@@ -13,12 +14,9 @@ use serde_json::json;
 pub enum ApiError {
     #[error(transparent)]
     Ingress(#[from] IngressError),
-    #[error("missing or invalid admin token")]
-    AdminUnauthorized,
-    #[error("the admin API is disabled; set server.admin_token")]
-    AdminDisabled,
-    #[error("no run with id {0:?}")]
-    RunNotFound(String),
+    /// An admin operation's refusal or failure.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("{0}")]
     BadRequest(String),
     #[error("the request took longer than {}", humantime::format_duration(*.0))]
@@ -39,6 +37,11 @@ impl ApiError {
     /// The `error` code this error answers with (for logs and metrics).
     pub fn code(&self) -> &'static str {
         self.status_and_code().1
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
     }
 }
 
@@ -95,9 +98,16 @@ impl ApiError {
                 IngressError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
                 IngressError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             },
-            ApiError::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::AdminDisabled => (StatusCode::FORBIDDEN, "admin_disabled"),
-            ApiError::RunNotFound(_) => (StatusCode::NOT_FOUND, "run_not_found"),
+            ApiError::Admin(e) => match e {
+                AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                AdminError::Disabled => (StatusCode::FORBIDDEN, "admin_disabled"),
+                AdminError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+                AdminError::NotFound { code, .. } => (StatusCode::NOT_FOUND, *code),
+                AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+                AdminError::Conflict { code, .. } => (StatusCode::CONFLICT, *code),
+                AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+                AdminError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            },
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
@@ -129,6 +139,10 @@ impl IntoResponse for ApiError {
                     tracing::error!(error = %self, suppressed, "storage error while answering a request");
                 }
                 "storage is unavailable; retry later".to_string()
+            }
+            "internal_error" => {
+                tracing::error!(error = %self, "internal error while answering a request");
+                "internal error; the details are in the server's log".to_string()
             }
             _ => self.to_string(),
         };

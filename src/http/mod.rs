@@ -3,6 +3,7 @@
 //! errors to JSON answers ([`error`]).
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod error;
@@ -54,12 +55,21 @@ pub struct EdgeState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Throttles the log line about rejected webhooks, per route and reason.
     pub reject_log: Arc<crate::throttle::Throttle>,
+    /// The admin operations (the API and the console call these).
+    pub admin: crate::admin::Admin,
 }
 
 impl EdgeState {
     /// A rejected webhook: counted, and logged at most once per route and
     /// reason per interval (a flood must not fill the disk).
-    fn rejected(&self, route: &str, code: &'static str, reason: &str) {
+    fn rejected(&self, route: &str, code: &'static str, reason: &str, status: StatusCode) {
+        self.admin.requests().record(
+            route,
+            crate::admin::view::RequestOutcome::Rejected,
+            status.as_u16(),
+            Some(code),
+            reason,
+        );
         metrics::counter!("runbridge_triggers_total", "route" => route.to_string(), "outcome" => code)
             .increment(1);
         if let Some(suppressed) = self.reject_log.allow(&format!("{route}/{code}")) {
@@ -158,7 +168,7 @@ async fn hook(
                     .increment(1);
             }
         }
-        Err(e) => st.rejected(&label, e.code(), &e.to_string()),
+        Err(e) => st.rejected(&label, e.code(), &e.to_string(), e.status()),
     }
     result
 }
@@ -223,7 +233,7 @@ async fn checked_hook(
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Checked::Early(e))) => {
             let e = ApiError::from(e);
-            st.rejected(label, e.code(), &e.to_string());
+            st.rejected(label, e.code(), &e.to_string(), e.status());
             return Ok(unread_body(e));
         }
         Ok(Ok(Checked::Ready(ingress::Outcome::Run(p)))) => p,
@@ -231,6 +241,13 @@ async fn checked_hook(
             st.health.edge.ignored.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(route = %route, reason = %reason, "request ignored by the route's filter");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+            st.admin.requests().record(
+                label,
+                crate::admin::view::RequestOutcome::Ignored,
+                status.as_u16(),
+                None,
+                &reason,
+            );
             metrics::counter!("runbridge_triggers_total", "route" => label.to_string(), "outcome" => "ignored")
                 .increment(1);
             let body = Json(json!({ "ignored": true, "reason": reason }));
@@ -374,10 +391,8 @@ pub fn ops_router(st: EdgeState) -> Router {
 pub fn router(st: EdgeState, with_ops: bool) -> Router {
     let server = st.topology.load().settings.server.clone();
     let admin = AdminState {
-        store: st.store.clone(),
-        topology: st.topology.clone(),
-        wake: st.wake.clone(),
-        reloader: st.reloader.clone(),
+        admin: st.admin.clone(),
+        idempotency: Default::default(),
     };
     let st_topology = st.topology.clone();
     let ops = if with_ops {

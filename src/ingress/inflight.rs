@@ -14,7 +14,7 @@
 use crate::config::Settings;
 use crate::ingress::limit::OverLimit;
 use crate::run::{Phase, Run, RunId};
-use crate::store::{Created, DedupeKey, RunQuery, Store, StoreError, StoreFault};
+use crate::store::{Created, DedupeKey, DeliveryQuery, RunQuery, Store, StoreError, StoreFault};
 use crate::time::Timestamp;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -207,6 +207,18 @@ impl Store for GatedStore {
 
     fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError> {
         self.inner.list_runs(q)
+    }
+
+    fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, StoreError> {
+        self.inner.list_deliveries(q)
+    }
+
+    async fn put_meta(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        self.inner.put_meta(key, value).await
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_meta(key)
     }
 
     fn due(

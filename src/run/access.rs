@@ -154,6 +154,16 @@ impl Run {
         &self.cancel
     }
 
+    /// The run this one replays, if any.
+    pub fn replay_of(&self) -> Option<RunId> {
+        self.replay_of
+    }
+
+    /// Runs started by replaying this one.
+    pub fn replays(&self) -> &[RunId] {
+        &self.replays
+    }
+
     /// The run's `events`.
     pub fn events(&self) -> &Vec<EventRecord> {
         &self.events

@@ -52,7 +52,7 @@ pub struct EventRecord {
 
 /// State of one callback delivery. These six names are the ones the admin
 /// API, the CLI, the console and the README use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Not attempted yet.

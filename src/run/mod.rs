@@ -104,7 +104,16 @@ pub struct Run {
     cancel: Option<CancelRequest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     events: Vec<EventRecord>,
+    /// The run this one replays (an operator's `POST /runs/{id}/replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replay_of: Option<RunId>,
+    /// Runs started by replaying this one (the latest [`MAX_REPLAYS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replays: Vec<RunId>,
 }
+
+/// Replay links kept on the replayed run (the new runs keep theirs).
+pub const MAX_REPLAYS_KEPT: usize = 20;
 
 impl Run {
     /// A freshly accepted run, due immediately.
@@ -141,6 +150,24 @@ impl Run {
             poll_at: None,
             cancel: None,
             events: Vec::new(),
+            replay_of: None,
+            replays: Vec::new(),
+        }
+    }
+
+    /// A new run replaying `of` (same route, workflow and inputs): the
+    /// link is kept on the new run and shown with both.
+    pub fn replaying(mut self, of: RunId) -> Self {
+        self.replay_of = Some(of);
+        self
+    }
+
+    /// Notes a replay of this run (the latest [`MAX_REPLAYS_KEPT`] are kept).
+    pub fn add_replay(&mut self, id: RunId) {
+        self.replays.push(id);
+        if self.replays.len() > MAX_REPLAYS_KEPT {
+            let extra = self.replays.len() - MAX_REPLAYS_KEPT;
+            self.replays.drain(..extra);
         }
     }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::str::FromStr;
 
 /// Where the run is in our own lifecycle (what the scheduler does next).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Durable, not yet sent to the provider.
@@ -23,7 +23,7 @@ pub enum Phase {
 }
 
 /// The vendor-neutral status every provider's statuses are mapped to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,

@@ -9,7 +9,7 @@ use crate::providers::{
 use crate::run::{CancelPhase, Observation, RunSpec, RunStatus};
 use crate::store::memory::MemoryStore;
 use crate::store::sled::SledStore;
-use crate::store::{Created, DedupeKey, RunQuery};
+use crate::store::{Created, DedupeKey, DeliveryQuery, RunQuery};
 use crate::topology::Topology;
 use async_trait::async_trait;
 use std::collections::VecDeque;
@@ -44,6 +44,15 @@ impl Store for Flaky {
     }
     fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError> {
         self.inner.list_runs(q)
+    }
+    fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, StoreError> {
+        self.inner.list_deliveries(q)
+    }
+    async fn put_meta(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        self.inner.put_meta(key, value).await
+    }
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_meta(key)
     }
     fn due(
         &self,

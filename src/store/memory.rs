@@ -1,7 +1,7 @@
 //! An in-memory [`Store`] for unit tests (scheduler logic without disk or
 //! timing): the same contract as the sled store, nothing durable.
 
-use super::{Created, DedupeKey, RunQuery, Store, StoreError};
+use super::{Created, DedupeKey, DeliveryQuery, RunQuery, Store, StoreError};
 use crate::run::{Phase, Run, RunId};
 use crate::time::Timestamp;
 use async_trait::async_trait;
@@ -13,6 +13,7 @@ struct Inner {
     runs: BTreeMap<RunId, Run>,
     due: BTreeSet<(Timestamp, RunId)>,
     dedupe: HashMap<(String, String), RunId>,
+    meta: HashMap<String, Vec<u8>>,
 }
 
 /// Runs, due index and dedupe keys in maps behind one lock.
@@ -71,12 +72,42 @@ impl Store for MemoryStore {
         Ok(g.runs
             .values()
             .rev()
-            .filter(|r| q.before.is_none_or(|b| r.id() < b))
-            .filter(|r| q.route.as_ref().is_none_or(|x| r.route() == x))
-            .filter(|r| q.status.is_none_or(|s| r.status() == s))
+            .filter(|r| q.matches(r))
             .take(q.limit)
             .cloned()
             .collect())
+    }
+
+    fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, StoreError> {
+        let g = self.lock();
+        let mut out = Vec::new();
+        for run in g.runs.values().rev() {
+            if out.len() >= q.limit {
+                break;
+            }
+            for i in (0..run.deliveries().len() as u32).rev() {
+                if out.len() >= q.limit {
+                    break;
+                }
+                if q.matches(run, i) {
+                    out.push((run.clone(), i));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_meta(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        match value {
+            Some(v) => g.meta.insert(key.to_string(), v),
+            None => g.meta.remove(key),
+        };
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().meta.get(key).cloned())
     }
 
     fn due(

@@ -8,7 +8,7 @@
 pub mod memory;
 pub mod sled;
 
-use crate::run::{Run, RunId, RunStatus};
+use crate::run::{DeliveryState, Phase, Run, RunId, RunStatus};
 use crate::time::Timestamp;
 use async_trait::async_trait;
 
@@ -55,14 +55,84 @@ pub struct StoreFault {
     pub failures: u64,
 }
 
-/// Filter for [`Store::list_runs`], newest first.
+/// Filter for [`Store::list_runs`], newest first (ids are ULIDs, so newest
+/// = largest id). Every field left `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {
     pub route: Option<String>,
     pub status: Option<RunStatus>,
-    /// Only runs older than this id (the previous page's last id).
+    pub provider: Option<String>,
+    pub phase: Option<Phase>,
+    /// `created_at >= since` (inclusive).
+    pub since: Option<Timestamp>,
+    /// `created_at < until` (exclusive).
+    pub until: Option<Timestamp>,
+    /// The trigger's delivery id (dedupe header value).
+    pub delivery_id: Option<String>,
+    /// Cursor: only runs with an id strictly less than this (the previous
+    /// page's last id).
     pub before: Option<RunId>,
     pub limit: usize,
+}
+
+impl RunQuery {
+    /// Whether `run` satisfies every condition of the query (the final
+    /// check of any backend, so a stale index entry never yields a wrong run).
+    pub fn matches(&self, run: &Run) -> bool {
+        self.before.is_none_or(|b| run.id() < b)
+            && self.route.as_deref().is_none_or(|r| run.route() == r)
+            && self.status.is_none_or(|s| run.status() == s)
+            && self.provider.as_deref().is_none_or(|p| run.provider() == p)
+            && self.phase.is_none_or(|p| run.phase() == p)
+            && self.since.is_none_or(|t| run.created_at() >= t)
+            && self.until.is_none_or(|t| run.created_at() < t)
+            && self
+                .delivery_id
+                .as_deref()
+                .is_none_or(|d| run.delivery_id().as_deref() == Some(d))
+    }
+}
+
+/// Filter for [`Store::list_deliveries`]: deliveries across runs, newest
+/// run first, and within a run the highest delivery index first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    /// States wanted; empty = failing and dead (what needs attention).
+    pub states: Vec<DeliveryState>,
+    pub route: Option<String>,
+    /// The run's `created_at >= since`.
+    pub since: Option<Timestamp>,
+    /// Cursor: strictly after this (run id, delivery index) in newest-first
+    /// order, i.e. only pairs lexicographically less than it.
+    pub before: Option<(RunId, u32)>,
+    pub limit: usize,
+}
+
+impl DeliveryQuery {
+    /// The states asked for, with the default (failing and dead) filled in.
+    pub fn wanted(&self) -> Vec<DeliveryState> {
+        if self.states.is_empty() {
+            vec![DeliveryState::Failing, DeliveryState::Dead]
+        } else {
+            self.states.clone()
+        }
+    }
+
+    /// Whether the run-level conditions hold for `run` (route, since).
+    pub fn matches_run(&self, run: &Run) -> bool {
+        self.route.as_deref().is_none_or(|r| run.route() == r)
+            && self.since.is_none_or(|t| run.created_at() >= t)
+    }
+
+    /// Whether delivery `index` of `run` is wanted (state, route, since, cursor).
+    pub fn matches(&self, run: &Run, index: u32) -> bool {
+        let Some(d) = run.deliveries().get(index as usize) else {
+            return false;
+        };
+        self.matches_run(run)
+            && self.before.is_none_or(|b| (run.id(), index) < b)
+            && self.wanted().contains(&d.state)
+    }
 }
 
 /// What runbridge needs from durable storage.
@@ -83,6 +153,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs matching a query, newest first.
     fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError>;
+
+    /// Deliveries matching a query, newest run first: each is a run and
+    /// the index of the delivery in `run.deliveries()`.
+    fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, StoreError>;
+
+    /// Stores (or with `None`, deletes) a small durable operator setting
+    /// (e.g. paused endpoints). Resolves once durable.
+    async fn put_meta(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError>;
+
+    /// An operator setting written by [`Store::put_meta`].
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Up to `limit` runs due at or before `until`, earliest first, leaving
     /// out those `skip` says are already being worked on.

@@ -24,7 +24,7 @@
 //! never flushed are gone, as after a crash; the reopened store holds the
 //! last durable state and callers persist their transitions again.
 
-use super::{Created, DedupeKey, RunQuery, Store, StoreError, StoreFault};
+use super::{Created, DedupeKey, DeliveryQuery, RunQuery, Store, StoreError, StoreFault};
 use crate::run::{Phase, Run, RunId};
 use crate::throttle::Throttle;
 use crate::time::Timestamp;
@@ -75,6 +75,11 @@ enum Op {
     /// Finished runs past retention: (run key, stored record as seen), each
     /// removed with its due entry and dedupe key only if still unchanged.
     ForgetRuns(Vec<(sled::IVec, sled::IVec)>),
+    /// An operator setting: set, or with `None` removed.
+    PutMeta {
+        key: String,
+        value: Option<Vec<u8>>,
+    },
 }
 
 type Reply = oneshot::Sender<Result<Created, StoreError>>;
@@ -118,6 +123,7 @@ impl Inner {
         let trees = Trees {
             runs: db.open_tree("runs").map_err(backend)?,
             dedupe: db.open_tree("dedupe").map_err(backend)?,
+            meta: db.open_tree("meta").map_err(backend)?,
             due: DueIndex::load(db.open_tree("due").map_err(backend)?)?,
         };
         let unfinished = trees.repair()?;
@@ -595,6 +601,8 @@ fn apply_loop(
 struct Trees {
     runs: sled::Tree,
     dedupe: sled::Tree,
+    /// Operator settings ([`Store::put_meta`]): key -> bytes.
+    meta: sled::Tree,
     due: DueIndex,
 }
 
@@ -684,6 +692,13 @@ impl Trees {
                     }
                     self.runs.remove(key)?;
                 }
+                Ok(Created::New)
+            }
+            Op::PutMeta { key, value } => {
+                match value {
+                    Some(v) => self.meta.insert(key.as_bytes(), v.as_slice())?,
+                    None => self.meta.remove(key.as_bytes())?,
+                };
                 Ok(Created::New)
             }
         }
@@ -829,15 +844,51 @@ impl Store for SledStore {
             }
             let (_, v) = item.map_err(backend)?;
             let run = decode(&v)?;
-            if q.route.as_ref().is_some_and(|r| *r != run.route()) {
-                continue;
+            if q.matches(&run) {
+                out.push(run);
             }
-            if q.status.is_some_and(|s| s != run.status()) {
-                continue;
-            }
-            out.push(run);
         }
         Ok(out)
+    }
+
+    fn list_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, StoreError> {
+        let inner = self.inner()?;
+        let iter = match q.before {
+            // The cursor's own run may still have lower indexes to show.
+            Some((b, _)) => inner.trees.runs.range(..=b.to_bytes().to_vec()),
+            None => inner.trees.runs.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter.rev() {
+            if out.len() >= q.limit {
+                break;
+            }
+            let (_, v) = item.map_err(backend)?;
+            let run = decode(&v)?;
+            for i in (0..run.deliveries().len() as u32).rev() {
+                if out.len() >= q.limit {
+                    break;
+                }
+                if q.matches(&run, i) {
+                    out.push((run.clone(), i));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_meta(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        let op = Op::PutMeta {
+            key: key.to_string(),
+            value,
+        };
+        self.submit(op).await.map(|_| ())
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let inner = self.inner()?;
+        let v = inner.trees.meta.get(key.as_bytes()).map_err(backend)?;
+        Ok(v.map(|v| v.to_vec()))
     }
 
     fn due(
@@ -1341,6 +1392,25 @@ mod tests {
             "due mirror reloaded from the reopened database"
         );
         store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn operator_metadata_is_durable_and_deletable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+            store
+                .put_meta("paused", Some(b"ep1".to_vec()))
+                .await
+                .unwrap();
+            store.put_meta("gone", Some(b"x".to_vec())).await.unwrap();
+            store.put_meta("gone", None).await.unwrap();
+            assert_eq!(store.get_meta("paused").unwrap(), Some(b"ep1".to_vec()));
+            store.close().await.unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.get_meta("paused").unwrap(), Some(b"ep1".to_vec()));
+        assert_eq!(store.get_meta("gone").unwrap(), None);
     }
 
     #[tokio::test]

@@ -769,7 +769,7 @@ impl Daemon {
         let runs = body["runs"]
             .as_array()
             .unwrap_or_else(|| panic!("GET /runs has no `runs` array: {body}"));
-        assert!(body["next"].is_null(), "more than 100 runs? {body}");
+        assert!(body["next_cursor"].is_null(), "more than 100 runs? {body}");
         runs.len()
     }
 

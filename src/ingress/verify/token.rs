@@ -81,10 +81,8 @@ impl Kind for Token {
                 let v = req
                     .get("authorization")
                     .ok_or_else(|| deny("missing Authorization header"))?;
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
+                crate::http::auth::bearer_token(v)
                     .ok_or_else(|| deny("Authorization must be a Bearer token"))?
-                    .trim()
                     .to_string()
             }
             Place::Header(h) => req
