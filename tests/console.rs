@@ -7,8 +7,6 @@
 //! With `RUNBRIDGE_SCREENSHOTS=docs` the test also writes the screenshots
 //! used by the README (`docs/console-*.png`); CI leaves them alone.
 
-#![allow(dead_code)] // TODO(i9-ui): until the data pages land
-
 mod common;
 
 use common::*;
@@ -22,6 +20,24 @@ use tokio::process::{Child, Command};
 
 /// A read-only admin token, configured beside the write one.
 const READ_TOKEN: &str = "console-read-token";
+
+/// `cfg` as TOML with [`READ_TOKEN`] added as a read token.
+fn with_read_token(cfg: &Config, dir: &std::path::Path) -> String {
+    format!(
+        "{}\n[[admin.tokens]]\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n",
+        cfg.render(dir)
+    )
+}
+
+/// A client that shows redirects instead of following them.
+fn raw_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("reqwest client")
+}
 
 /// `chromedriver` on an ephemeral port and one headless Chromium session.
 struct Browser {
@@ -188,9 +204,9 @@ impl Browser {
             return;
         }
         let png = self.client.screenshot().await.expect("screenshot");
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("docs")
-            .join(name);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::create_dir_all(&dir).expect("docs/");
+        let path = dir.join(name);
         std::fs::write(&path, png).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
     }
 
@@ -204,13 +220,7 @@ async fn form_post(d: &Daemon, path: &str, cookie: &str, fields: &[(&str, &str)]
     let body: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(fields)
         .finish();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("reqwest client");
-    let resp = http
+    let resp = raw_client()
         .post(d.url(path))
         .header("cookie", format!("runbridge_session={cookie}"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -256,5 +266,203 @@ async fn heavy_console_signs_in_and_refuses_bad_tokens_and_forms() {
     assert_eq!(status, 303);
     b.goto(&format!("{base}/ui/runs")).await;
     b.wait_for("input#token").await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_console_sets_a_strict_cookie_and_headers_and_limits_failed_sign_ins() {
+    let slate = FakeSlate::start().await;
+    let d = Daemon::start(&Config::new(&slate).route(RouteCfg::new("gh", "wf_ok"))).await;
+    let http = raw_client();
+    let resp = http
+        .post(d.url("/ui/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(resp.headers()["location"], "/ui/runs");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP here: {cookie}");
+    assert!(!cookie.contains(ADMIN_TOKEN), "{cookie}");
+    let value = cookie
+        .split(';')
+        .next()
+        .and_then(|c| c.split_once('='))
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    let resp = http
+        .get(d.url("/ui/runs"))
+        .header("cookie", format!("runbridge_session={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let h = resp.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["cache-control"], "no-store");
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = resp.text().await.unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external references"
+    );
+
+    // Unknown console pages are HTML 404s, not the API's JSON.
+    let resp = http.get(d.url("/ui/nope")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+
+    // Wrong tokens: 401 with the form, then 429 once the address used up its tries.
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        let resp = http
+            .post(d.url("/ui/login"))
+            .form(&[("token", "wrong")])
+            .send()
+            .await
+            .unwrap();
+        codes.push(resp.status().as_u16());
+        assert!(resp.text().await.unwrap().contains("id=\"token\""));
+    }
+    assert_eq!(codes, [401, 401, 401, 401, 401, 429, 429]);
+    // Even the right token waits out the window (no oracle while limited).
+    let resp = http
+        .post(d.url("/ui/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+}
+
+/// The receiver's `webhook-id` for a run's first callback.
+fn first_webhook_id(rx: &Receiver, run: &str) -> String {
+    rx.for_run(run)
+        .first()
+        .map(|r| r.webhook_id.clone())
+        .unwrap_or_else(|| panic!("no callback for {run}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_console_shows_runs_and_redelivers_dead_deliveries() {
+    let slate = FakeSlate::start().await;
+    let mut rx = Receiver::start(CALLBACK_SECRET).await;
+    rx.set_mode(Mode::Failing).await;
+    // Two attempts, then dead.
+    let cfg = Config::new(&slate)
+        .schedule(&["0s", "100ms"])
+        .route(RouteCfg::new("gh", "wf_ok").callback(&rx.url()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = with_read_token(&cfg, dir.path());
+    let d = Daemon::start_with_text(dir, &text).await;
+    let base = d.base.clone();
+    let b = Browser::start().await;
+    b.sign_in(&base, ADMIN_TOKEN).await;
+    assert_eq!(b.wait_for("#role").await.text().await.unwrap(), "write");
+
+    // Runs triggered now appear with their status.
+    let run1 = d.trigger("gh", "delivery-1", "octo/one").await;
+    let run2 = d.trigger("gh", "delivery-2", "octo/two").await;
+    let runs_url = format!("{base}/ui/runs");
+    for id in [&run1, &run2] {
+        let css = format!("tr[data-run='{id}'] td.status");
+        b.wait_text(&runs_url, &css, "the run's status", |t| t == "succeeded")
+            .await;
+        d.wait_run(id, "its delivery dead", |r| {
+            r["deliveries"][0]["state"] == "dead"
+        })
+        .await;
+    }
+    let id1 = first_webhook_id(&rx, &run1);
+    let id2 = first_webhook_id(&rx, &run2);
+
+    // The dead deliveries are listed, with buttons for a write session.
+    let deliveries_url = format!("{base}/ui/deliveries?state=dead");
+    b.goto(&deliveries_url).await;
+    for id in [&run1, &run2] {
+        b.wait_for(&format!("tr[data-delivery='{id}/0'] button.redeliver"))
+            .await;
+    }
+    b.screenshot("console-deliveries.png").await;
+
+    // A read-only session sees the same rows and no button; a forged POST
+    // (with its own valid CSRF token) is refused.
+    b.sign_out().await;
+    b.sign_in(&base, READ_TOKEN).await;
+    assert_eq!(b.wait_for("#role").await.text().await.unwrap(), "read only");
+    b.goto(&deliveries_url).await;
+    b.wait_for(&format!("tr[data-delivery='{run1}/0']")).await;
+    assert!(!b.has("button.redeliver").await, "{}", b.source().await);
+    b.goto(&format!("{base}/ui/runs/{run1}")).await;
+    b.wait_for("section.delivery[data-state='dead']").await;
+    assert!(!b.has("button.redeliver").await);
+    assert!(!b.has("form.redeliver").await);
+    let (cookie, csrf) = b.session().await;
+    let path = format!("/ui/runs/{run1}/deliveries/0/redeliver");
+    let (status, page) = form_post(&d, &path, &cookie, &[("csrf", &csrf)]).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("read-only"), "{page}");
+    b.sign_out().await;
+
+    // A write session: no CSRF token, no redelivery.
+    b.sign_in(&base, ADMIN_TOKEN).await;
+    b.wait_for("#role").await;
+    let (cookie, _) = b.session().await;
+    let (status, _) = form_post(&d, &path, &cookie, &[]).await;
+    assert_eq!(status, 403);
+    let before = rx.for_run(&run1).len();
+
+    // The receiver is back; the button on the run's page redelivers.
+    rx.set_mode(Mode::Healthy).await;
+    b.goto(&format!("{base}/ui/runs/{run1}")).await;
+    b.wait_for("section.delivery[data-index='0'] button.redeliver")
+        .await
+        .click()
+        .await
+        .expect("click redeliver");
+    b.wait_for("#notice").await;
+    let got = rx.wait_delivered(&run1).await;
+    assert_eq!(got.webhook_id, id1, "a redelivery keeps the webhook-id");
+    assert!(got.signature_valid);
+    assert_eq!(rx.for_run(&run1).len(), before + 1);
+    b.wait_text(
+        &format!("{base}/ui/runs/{run1}"),
+        "section.delivery[data-index='0'] .badge",
+        "the delivery delivered",
+        |t| t == "delivered",
+    )
+    .await;
+    b.screenshot("console-run.png").await;
+
+    // And the button on the deliveries page.
+    b.goto(&deliveries_url).await;
+    b.wait_for(&format!("tr[data-delivery='{run2}/0'] button.redeliver"))
+        .await
+        .click()
+        .await
+        .expect("click redeliver");
+    b.wait_for("#notice").await;
+    let got = rx.wait_delivered(&run2).await;
+    assert_eq!(got.webhook_id, id2);
+
+    // A third run, delivered at once, for the runs page as it usually looks.
+    let run3 = d.trigger("gh", "delivery-3", "octo/three").await;
+    rx.wait_delivered(&run3).await;
+    let css = format!("tr[data-run='{run3}'] td.status");
+    b.wait_text(&runs_url, &css, "the third run", |t| t == "succeeded")
+        .await;
+    b.screenshot("console-runs.png").await;
+    b.goto(&format!("{base}/ui/routes")).await;
+    b.wait_for("div.card[data-route='gh']").await;
     b.close().await;
 }

@@ -394,7 +394,7 @@ pub fn router(st: EdgeState, with_ops: bool) -> Router {
         admin: st.admin.clone(),
         idempotency: Default::default(),
     };
-    let st_topology = st.topology.clone();
+    let (st_admin, st_topology) = (st.admin.clone(), st.topology.clone());
     let ops = if with_ops {
         ops_routes(st.clone())
     } else {
@@ -409,7 +409,7 @@ pub fn router(st: EdgeState, with_ops: bool) -> Router {
         .with_state(st)
         .merge(ops)
         .merge(admin::router(admin))
-        .merge(ui::router(ui::UiState::new(st_topology)))
+        .merge(ui::router(ui::UiState::new(st_admin, st_topology)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(server.body_limit))
         .layer(axum::middleware::from_fn_with_state(

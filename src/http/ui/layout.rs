@@ -1,18 +1,15 @@
 //! The console's frame: page layout, sign-in form, error pages, badges.
 //! Templates are `maud` macros, compiled in and escaping every value.
 
-#![allow(dead_code)] // TODO(i9-ui): used by the data pages once the admin layer lands
-
 use super::session::Access;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-/// The sections of the top bar; `Page::None` for pages outside it.
+/// The sections of the top bar.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
     Runs,
     Deliveries,
     Routes,
-    None,
 }
 
 /// Who is signed in, for the top bar and the forms of a page.

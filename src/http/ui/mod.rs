@@ -6,18 +6,22 @@
 //! to read; nothing is loaded from anywhere but the daemon itself.
 
 mod layout;
+mod pages;
 pub mod session;
+mod views;
 
+use crate::admin::Admin;
+use crate::config::Role;
 use crate::secret::Secret;
 use crate::topology::SharedTopology;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
-use layout::{Nav, Viewer};
-use maud::{html, Markup};
+use layout::Viewer;
+use maud::Markup;
 use session::{Access, Session, Sessions};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -34,14 +38,18 @@ const CSP: &str =
 /// What the console's handlers share.
 #[derive(Clone)]
 pub struct UiState {
+    /// Every read and action goes through the admin layer.
+    pub admin: Admin,
+    /// For `server.tls` (the cookie's `Secure` flag).
     pub topology: SharedTopology,
     pub sessions: Arc<Sessions>,
 }
 
 impl UiState {
-    /// The console over this topology, with an empty session table.
-    pub fn new(topology: SharedTopology) -> Self {
+    /// The console over the admin layer, with an empty session table.
+    pub fn new(admin: Admin, topology: SharedTopology) -> Self {
         UiState {
+            admin,
             topology,
             sessions: Arc::new(Sessions::default()),
         }
@@ -55,8 +63,15 @@ pub fn router(st: UiState) -> Router {
         .route("/ui/", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/assets/console.css", get(css))
         .route("/ui/login", get(login_form).post(login))
-        .route("/ui/logout", axum::routing::post(logout))
-        .route("/ui/runs", get(runs))
+        .route("/ui/logout", post(logout))
+        .route("/ui/runs", get(pages::runs))
+        .route("/ui/runs/{id}", get(pages::run))
+        .route(
+            "/ui/runs/{id}/deliveries/{index}/redeliver",
+            post(pages::redeliver),
+        )
+        .route("/ui/deliveries", get(pages::deliveries))
+        .route("/ui/routes", get(pages::routes))
         .route("/ui/{*rest}", get(not_found).post(not_found))
         .with_state(st)
         .layer(axum::middleware::map_response(security_headers))
@@ -107,11 +122,13 @@ async fn not_found(State(st): State<UiState>, headers: HeaderMap) -> Response {
     error_page(StatusCode::NOT_FOUND, "No such page.", signed_in)
 }
 
-/// The role `token` has in the live admin config, if it signs in at all.
-fn role_of(topology: &SharedTopology, token: &str) -> Option<Access> {
-    let topo = topology.load();
-    let admin = topo.settings.server.admin_token.as_ref()?;
-    crate::signing::ct_eq(token.as_bytes(), admin.expose().as_bytes()).then_some(Access::Write)
+/// The role `token` has in the live admin config (the admin API's own
+/// check), if it signs in at all.
+fn role_of(admin: &Admin, token: &str) -> Option<Access> {
+    match admin.authenticate(Some(token)).ok()? {
+        Role::Read => Some(Access::Read),
+        Role::Write => Some(Access::Write),
+    }
 }
 
 /// The session id from the request's cookies.
@@ -147,7 +164,7 @@ impl SignedIn {
 fn current(st: &UiState, headers: &HeaderMap) -> Option<SignedIn> {
     let id = cookie_id(headers)?;
     let session = st.sessions.get(&id)?;
-    let Some(access) = role_of(&st.topology, session.token.expose()) else {
+    let Some(access) = role_of(&st.admin, session.token.expose()) else {
         st.sessions.close(&id);
         return None;
     };
@@ -161,15 +178,24 @@ fn current(st: &UiState, headers: &HeaderMap) -> Option<SignedIn> {
 /// Why a console request is not served; answered as a page (or, for a
 /// page without a session, a redirect to the sign-in form).
 enum Refused {
+    /// No session: to the sign-in form.
     SignIn,
-    Page(StatusCode, &'static str, bool),
+    /// No session on a POST: 401 with a link to sign in.
+    Ended,
+    /// A signed-in request refused or failed: this status and message.
+    Message(StatusCode, String),
 }
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         match self {
             Refused::SignIn => Redirect::to("/ui/login").into_response(),
-            Refused::Page(status, msg, signed_in) => error_page(status, msg, signed_in),
+            Refused::Ended => error_page(
+                StatusCode::UNAUTHORIZED,
+                "Your session has ended; sign in again.",
+                false,
+            ),
+            Refused::Message(status, msg) => error_page(status, &msg, true),
         }
     }
 }
@@ -197,25 +223,17 @@ fn authorize_post(
     f: &[(String, String)],
     write: bool,
 ) -> Result<SignedIn, Refused> {
-    let Some(s) = current(st, headers) else {
-        return Err(Refused::Page(
-            StatusCode::UNAUTHORIZED,
-            "Your session has ended; sign in again.",
-            false,
-        ));
-    };
+    let s = current(st, headers).ok_or(Refused::Ended)?;
     if !s.session.csrf_ok(field(f, "csrf")) {
-        return Err(Refused::Page(
+        return Err(Refused::Message(
             StatusCode::FORBIDDEN,
-            "The form's CSRF token is missing or wrong; reload the page and try again.",
-            true,
+            "The form's CSRF token is missing or wrong; reload the page and try again.".into(),
         ));
     }
     if write && s.access != Access::Write {
-        return Err(Refused::Page(
+        return Err(Refused::Message(
             StatusCode::FORBIDDEN,
-            "This session is read-only: sign in with a write token to act.",
-            true,
+            "This session is read-only: sign in with a write token to act.".into(),
         ));
     }
     Ok(s)
@@ -264,7 +282,7 @@ async fn login(
     }
     let f = form(&body);
     let token = field(&f, "token").unwrap_or("").trim();
-    if token.is_empty() || role_of(&st.topology, token).is_none() {
+    if token.is_empty() || role_of(&st.admin, token).is_none() {
         st.sessions.failed(peer);
         tracing::warn!(peer = %peer, "console sign-in refused");
         return html_page(
@@ -292,13 +310,4 @@ async fn logout(
     resp.headers_mut()
         .insert(header::SET_COOKIE, session_cookie(&st, "", Some(0)));
     Ok(resp)
-}
-
-async fn runs(State(st): State<UiState>, headers: HeaderMap) -> Result<Response, Refused> {
-    let s = require(&st, &headers)?;
-    let body = html! { h1 { "Runs" } div.panel { div.empty { "No runs yet." } } };
-    Ok(html_page(
-        StatusCode::OK,
-        layout::page("Runs", Nav::Runs, &s.viewer(), Some(5), body),
-    ))
 }
