@@ -79,7 +79,7 @@ impl Browser {
             serde_json::json!({
                 "binary": binary,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,860",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000",
                          "--force-device-scale-factor=1", "--no-first-run"],
             }),
         );

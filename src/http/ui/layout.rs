@@ -88,7 +88,7 @@ pub fn login(problem: Option<&str>) -> Markup {
             (head("Sign in", None))
             body {
                 div.login {
-                    h1 { "run" span style="color:var(--accent)" { "bridge" } }
+                    h1 { "run" span.accent { "bridge" } }
                     @if let Some(p) = problem {
                         div.notice.bad id="problem" { (p) }
                     }
@@ -101,7 +101,7 @@ pub fn login(problem: Option<&str>) -> Markup {
                             button type="submit" id="sign-in" { "Sign in" }
                         }
                     }
-                    p.sub style="text-align:center;margin-top:14px" {
+                    p.sub.center {
                         "A token from " code { "[[admin.tokens]]" } " or " code { "server.admin_token" } "."
                     }
                 }
@@ -120,7 +120,7 @@ pub fn error(status: u16, message: &str, signed_in: bool) -> Markup {
                 div.login {
                     h1 { (status) }
                     div.notice.bad id="problem" { (message) }
-                    p style="text-align:center" {
+                    p.center {
                         @if signed_in { a href="/ui/runs" { "Back to runs" } }
                         @else { a href="/ui/login" { "Sign in" } }
                     }
@@ -143,10 +143,11 @@ pub fn badge(value: &str) -> Markup {
     html! { span.badge.(class) data-status=(value) { (value) } }
 }
 
-/// A timestamp as shown: RFC 3339 without the `T` and with `UTC`.
+/// A timestamp as shown: `2026-11-24 15:03:59` (UTC; the full RFC 3339
+/// value with milliseconds in the `title` and `datetime`).
 pub fn when(ts: &str) -> Markup {
-    let shown = ts.replacen('T', " ", 1).replace('Z', " UTC");
-    html! { time datetime=(ts) { (shown) } }
+    let shown: String = ts.replacen('T', " ", 1).chars().take(19).collect();
+    html! { time datetime=(ts) title=(ts) { (shown) } }
 }
 
 /// A dash for a missing value.

@@ -250,7 +250,8 @@ pub fn run(run: &RunDetail, viewer: &Viewer, notice_code: Option<&str>) -> Marku
                 (fact("Vendor run", s.vendor_run_id.as_deref()))
                 (fact("Vendor status", s.raw_status.as_deref()))
                 (fact("Trigger delivery id", s.delivery_id.as_deref()))
-                (fact("Deadline", Some(&run.deadline)))
+                dt { "Created" } dd { (when(&s.created_at)) }
+                dt { "Deadline" } dd { (when(&run.deadline)) }
                 (fact("Last error", run.last_error.as_deref()))
                 @if let Some(o) = &s.replay_of {
                     dt { "Replay of" } dd { a.mono href=(run_link(o)) { (o) } }
@@ -265,7 +266,10 @@ pub fn run(run: &RunDetail, viewer: &Viewer, notice_code: Option<&str>) -> Marku
         div.panel {
             ol.timeline #timeline {
                 @for step in timeline(run) {
-                    li class=(step.tone) { span.when { (step.at) } (step.body) }
+                    li class=(step.tone) {
+                        span.when title=(step.at) { (step.at.get(11..23).unwrap_or(&step.at)) }
+                        (step.body)
+                    }
                 }
             }
         }
@@ -300,10 +304,10 @@ fn delivery(run_id: &str, d: &DeliveryView, viewer: &Viewer) -> Markup {
                     strong { "#" (d.index) " " (d.event_type) } " "
                     (badge(d.state.as_str())) " "
                     span.url { (d.url) }
-                    div.mono style="color:var(--muted)" { "webhook-id " (d.webhook_id) }
+                    div.mono.hook-id { "webhook-id " (d.webhook_id) }
                 }
                 div {
-                    @if let Some(n) = &d.next_attempt_at { span.sub { "next attempt " (when(n)) } " " }
+                    @if let Some(n) = &d.next_attempt_at { span.muted { "next attempt " (when(n)) } " " }
                     (redeliver_button(run_id, d.index, "run", viewer))
                 }
             }
@@ -373,7 +377,7 @@ pub fn deliveries(
 fn delivery_row(d: &DeliveryItem, viewer: &Viewer) -> Markup {
     html! {
         tr data-delivery=(format!("{}/{}", d.run_id, d.index)) {
-            td { a.mono href=(run_link(&d.run_id)) { (d.run_id) } " #" (d.index) }
+            td.nowrap { a.mono href=(run_link(&d.run_id)) { (d.run_id) } span.idx { "#" (d.index) } }
             td { (d.route) }
             td { code { (d.event_type) } }
             td { (badge(d.state.as_str())) }
@@ -420,9 +424,9 @@ pub fn routes(counts: &[RouteCounts], window: usize) -> Markup {
                 div.card data-route=(c.route.name) {
                     h3 { a href=(query_link("/ui/runs", &[("route", &c.route.name)])) { (c.route.name) }
                         @if c.route.retired { " " span.badge.b-warn { "retired" } } }
-                    div.row { span.sub { "provider" } span { (c.route.provider) } }
-                    div.row { span.sub { "workflow" } span.mono { (c.route.workflow_id) } }
-                    div.row { span.sub { "runs" } span { (capped(c.runs_seen, c.window)) } }
+                    div.row { span.muted { "provider" } span { (c.route.provider) } }
+                    div.row { span.muted { "workflow" } span.mono { (c.route.workflow_id) } }
+                    div.row { span.muted { "runs" } span { (capped(c.runs_seen, c.window)) } }
                     @for (status, n) in &c.by_status {
                         div.row {
                             a href=(query_link("/ui/runs", &[("route", &c.route.name), ("status", status)])) { (badge(status)) }
@@ -436,5 +440,72 @@ pub fn routes(counts: &[RouteCounts], window: usize) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::view::DeliveryCounts;
+    use crate::run::RunStatus;
+
+    fn summary(route: &str) -> RunSummary {
+        RunSummary {
+            id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+            route: route.into(),
+            provider: "slate".into(),
+            workflow_id: "wf\"><img src=x>".into(),
+            phase: Phase::Done,
+            status: RunStatus::Succeeded,
+            raw_status: None,
+            vendor_run_id: None,
+            delivery_id: None,
+            created_at: "2026-11-24T15:03:59.659Z".into(),
+            updated_at: "2026-11-24T15:03:59.659Z".into(),
+            finished_at: None,
+            replay_of: None,
+            deliveries: DeliveryCounts::default(),
+        }
+    }
+
+    #[test]
+    fn every_value_is_escaped() {
+        let page = RunPage {
+            runs: vec![summary("<script>alert(1)</script>")],
+            next_cursor: Some("a&b=\"c\"".into()),
+        };
+        let f = RunFilters {
+            route: "<b>",
+            status: "",
+            provider: "",
+        };
+        let html = runs(&page, &f, &["x'y".into()], &[], true).into_string();
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+        // The cursor and filters are percent-encoded into the link.
+        assert!(html.contains("cursor=a%26b%3D%22c%22"), "{html}");
+    }
+
+    #[test]
+    fn links_encode_and_drop_empty_values() {
+        assert_eq!(
+            query_link("/ui/runs", &[("route", ""), ("status", "")]),
+            "/ui/runs"
+        );
+        assert_eq!(
+            query_link("/ui/runs", &[("route", "a b&c"), ("status", "failed")]),
+            "/ui/runs?route=a+b%26c&status=failed"
+        );
+        assert_eq!(run_link("../x"), "/ui/runs/%2E%2E%2Fx");
+    }
+
+    #[test]
+    fn notices_are_fixed_texts() {
+        assert!(notice(Some("<script>")).into_string().is_empty());
+        assert!(notice(Some("redelivered"))
+            .into_string()
+            .contains("Redelivery"));
     }
 }
