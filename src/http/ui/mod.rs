@@ -10,7 +10,7 @@ mod pages;
 pub mod session;
 mod views;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminError};
 use crate::config::Role;
 use crate::secret::Secret;
 use crate::topology::SharedTopology;
@@ -256,7 +256,13 @@ async fn login_form(State(st): State<UiState>, headers: HeaderMap) -> Response {
     if current(&st, &headers).is_some() {
         return Redirect::to("/ui/runs").into_response();
     }
-    html_page(StatusCode::OK, layout::login(None))
+    html_page(StatusCode::OK, layout::login(disabled(&st)))
+}
+
+/// The sign-in problem when no admin token is configured at all.
+fn disabled(st: &UiState) -> Option<&'static str> {
+    matches!(st.admin.authenticate(None), Err(AdminError::Disabled))
+        .then_some("The console is disabled: configure [[admin.tokens]] or server.admin_token.")
 }
 
 /// `POST /ui/login`: a valid admin token opens a session; a wrong one is a
@@ -264,6 +270,7 @@ async fn login_form(State(st): State<UiState>, headers: HeaderMap) -> Response {
 async fn login(
     State(st): State<UiState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let peer: IpAddr = peer
@@ -285,10 +292,12 @@ async fn login(
     if token.is_empty() || role_of(&st.admin, token).is_none() {
         st.sessions.failed(peer);
         tracing::warn!(peer = %peer, "console sign-in refused");
-        return html_page(
-            StatusCode::UNAUTHORIZED,
-            layout::login(Some("That token does not sign in.")),
-        );
+        let problem = disabled(&st).unwrap_or("That token does not sign in.");
+        return html_page(StatusCode::UNAUTHORIZED, layout::login(Some(problem)));
+    }
+    // A new sign-in never reuses a session id (no fixation).
+    if let Some(old) = cookie_id(&headers) {
+        st.sessions.close(&old);
     }
     let (id, _) = st.sessions.open(Secret::new(token));
     let mut resp = Redirect::to("/ui/runs").into_response();
