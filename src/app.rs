@@ -185,6 +185,14 @@ pub async fn run(
         body_buffer_limit = server.body_buffer_limit,
         "descriptor limit (soft raised to hard) and the connection cap below it"
     );
+    let callbacks = callback_client(&topology)?;
+    let scheduler = Scheduler::new(
+        store.clone(),
+        topology.clone(),
+        callbacks.clone(),
+        wake.clone(),
+        health.clone(),
+    );
     let requests = Arc::new(crate::admin::requests::RequestRing::new(
         topology.load().settings.admin.recent_requests,
     ));
@@ -195,7 +203,18 @@ pub async fn run(
         reloader: reloader.clone(),
         health: health.clone(),
         requests,
+        scheduler: scheduler.clone(),
+        client: callbacks,
+        gate: gate.clone(),
     });
+    match admin.load_paused().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            paused = n,
+            "callback endpoints paused by an operator stay paused"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the paused endpoints; none is paused"),
+    }
     let state = EdgeState {
         store: store.clone(),
         topology: topology.clone(),
@@ -244,13 +263,7 @@ pub async fn run(
         };
         tokio::spawn(http::conn::serve(l, ops_edge, shutdown.clone()))
     });
-    let scheduler = Scheduler::new(
-        store.clone(),
-        topology.clone(),
-        callback_client(&topology)?,
-        wake,
-        health.clone(),
-    );
+    tokio::spawn(scheduler.alerts().run(shutdown.clone()));
     let sched_task = tokio::spawn(scheduler.clone().run(shutdown.clone()));
     let sweep_task = tokio::spawn(scheduler.clone().sweep(shutdown.clone()));
     let http = tokio::spawn(http::conn::serve(listener, edge, shutdown.clone()));

@@ -7,9 +7,12 @@
 //! Nothing here knows HTTP: errors are [`AdminError`], which the edge maps
 //! to its one JSON error shape.
 
+mod endpoints;
 pub mod idempotency;
 mod present;
+mod recover;
 pub mod requests;
+mod runs;
 pub mod view;
 
 use crate::config::Role;
@@ -76,6 +79,12 @@ pub struct AdminParts {
     pub health: Arc<Health>,
     /// The ring of inbound requests that started nothing.
     pub requests: Arc<RequestRing>,
+    /// Operators' changes to runs go through the scheduler's claims.
+    pub scheduler: Arc<crate::scheduler::Scheduler>,
+    /// The guarded callback client (endpoint tests).
+    pub client: reqwest::Client,
+    /// Routes' `max_in_flight` (a replay counts like a trigger).
+    pub gate: Arc<crate::ingress::inflight::Gate>,
 }
 
 /// The admin operations. Cheap to clone (one `Arc`).
@@ -89,9 +98,14 @@ struct Inner {
     topology: SharedTopology,
     wake: Arc<Notify>,
     reloader: Arc<crate::reload::Reloader>,
-    #[allow(dead_code)]
     health: Arc<Health>,
     requests: Arc<RequestRing>,
+    scheduler: Arc<crate::scheduler::Scheduler>,
+    client: reqwest::Client,
+    gate: Arc<crate::ingress::inflight::Gate>,
+    recoveries: recover::Recoveries,
+    /// Serializes pause/resume, so the persisted set matches memory.
+    pause_lock: tokio::sync::Mutex<()>,
 }
 
 /// How long `cancel_run` waits for the vendor's answer before answering
@@ -120,6 +134,11 @@ impl Admin {
                 reloader: parts.reloader,
                 health: parts.health,
                 requests: parts.requests,
+                scheduler: parts.scheduler,
+                client: parts.client,
+                gate: parts.gate,
+                recoveries: Default::default(),
+                pause_lock: Default::default(),
             }),
         }
     }
@@ -219,22 +238,6 @@ impl Admin {
         }
     }
 
-    /// `POST /runs/{id}/replay`: a new run with the same route, provider,
-    /// workflow and inputs, linked to the old one.
-    pub async fn replay_run(&self, id: &str) -> AdminResult<RunSummary> {
-        let _ = self.load_run(id).await?;
-        Err(AdminError::Internal("replay is not implemented yet".into()))
-    }
-
-    /// `POST /runs/{id}/deliveries/{index}/redeliver`: a new attempt now,
-    /// with the same `webhook-id`, also for a dead or delivered delivery.
-    pub async fn redeliver(&self, id: &str, index: u32) -> AdminResult<DeliveryView> {
-        let _ = (self.load_run(id).await?, index);
-        Err(AdminError::Internal(
-            "redeliver is not implemented yet".into(),
-        ))
-    }
-
     /// `GET /deliveries`: failing or dead deliveries across runs, newest
     /// run first.
     pub async fn list_deliveries(&self, filter: DeliveryFilter) -> AdminResult<DeliveryPage> {
@@ -251,50 +254,6 @@ impl Admin {
                 .filter_map(|(r, i)| present::delivery_item(r, *i as usize, &redactor))
                 .collect(),
             next_cursor,
-        })
-    }
-
-    /// `POST /routes/{route}/recover?since=`: requeues every failing or dead
-    /// delivery of the route since then, paced, in the background.
-    pub async fn recover(&self, route: &str, since: &str) -> AdminResult<Recovery> {
-        let _ = (route, since);
-        Err(AdminError::Internal(
-            "recover is not implemented yet".into(),
-        ))
-    }
-
-    /// `GET /recoveries/{id}`: a recovery's progress.
-    pub async fn recovery(&self, id: &str) -> AdminResult<Recovery> {
-        Err(AdminError::NotFound {
-            code: "recovery_not_found",
-            message: format!("no recovery with id {id:?}"),
-        })
-    }
-
-    /// `GET /endpoints`: every configured callback URL.
-    pub async fn endpoints(&self) -> AdminResult<Vec<EndpointView>> {
-        Ok(Vec::new())
-    }
-
-    /// `POST /endpoints/{id}/pause`: deliveries to it wait until resumed.
-    pub async fn pause_endpoint(&self, id: &str) -> AdminResult<EndpointView> {
-        self.endpoint_not_found(id)
-    }
-
-    /// `POST /endpoints/{id}/resume`: held deliveries flow again.
-    pub async fn resume_endpoint(&self, id: &str) -> AdminResult<EndpointView> {
-        self.endpoint_not_found(id)
-    }
-
-    /// `POST /endpoints/{id}/test`: a signed `test` event sent now.
-    pub async fn test_endpoint(&self, id: &str) -> AdminResult<TestResult> {
-        self.endpoint_not_found(id)
-    }
-
-    fn endpoint_not_found<T>(&self, id: &str) -> AdminResult<T> {
-        Err(AdminError::NotFound {
-            code: "endpoint_not_found",
-            message: format!("no callback endpoint with id {id:?}"),
         })
     }
 
@@ -333,10 +292,4 @@ impl Admin {
     }
 }
 
-/// The id of a callback endpoint: a short stable hash of its URL (the
-/// URL itself may carry a token, so it is never used in paths).
-pub fn endpoint_id(url: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(url.as_bytes());
-    hex::encode(&digest[..6])
-}
+pub use crate::delivery::pause::endpoint_id;

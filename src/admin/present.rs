@@ -177,7 +177,7 @@ pub(super) fn summary(run: &Run) -> RunSummary {
 
 /// The query values and password of a URL: what [`redact_url`] hides,
 /// which a receiver may echo in its answer.
-fn url_secrets(url: &str) -> Vec<String> {
+pub(super) fn url_secrets(url: &str) -> Vec<String> {
     let Ok(u) = reqwest::Url::parse(url) else {
         return Vec::new();
     };

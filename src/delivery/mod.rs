@@ -5,7 +5,9 @@
 //! sends the same bytes under the same `webhook-id`; only
 //! `webhook-timestamp` and the signature change per attempt.
 
+pub mod alert;
 pub mod endpoint;
+pub mod pause;
 
 use crate::backoff::{honour_retry_after, parse_retry_after, spread};
 use crate::config::DeliverySettings;

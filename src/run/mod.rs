@@ -112,6 +112,14 @@ pub struct Run {
     replays: Vec<RunId>,
 }
 
+/// A delivery index the run does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("run {id} has no delivery {index}")]
+pub struct NoSuchDelivery {
+    pub id: RunId,
+    pub index: usize,
+}
+
 /// Replay links kept on the replayed run (the new runs keep theirs).
 pub const MAX_REPLAYS_KEPT: usize = 20;
 
@@ -622,6 +630,41 @@ impl Run {
                 self.touch(now, None);
             }
         }
+    }
+
+    /// An operator's redelivery of delivery `i` (in any state, also dead
+    /// or delivered): it is pending again and due now, with the same
+    /// `webhook-id`, and a done run goes back to delivering. The retry
+    /// schedule goes on from the attempts already made, so a delivery past
+    /// its schedule gets this one attempt.
+    pub fn redeliver(&mut self, i: usize, now: Timestamp) -> Result<(), NoSuchDelivery> {
+        let d = self.deliveries.get_mut(i).ok_or(NoSuchDelivery {
+            id: self.id,
+            index: i,
+        })?;
+        d.state = DeliveryState::Pending;
+        d.next_attempt_at = Some(now);
+        if self.phase == Phase::Done {
+            self.phase = Phase::Terminal;
+        }
+        self.replan(now);
+        Ok(())
+    }
+
+    /// Its endpoint was resumed: every open delivery to `url` is due now.
+    /// Returns whether anything changed.
+    pub fn release_held(&mut self, url: &str, now: Timestamp) -> bool {
+        let mut changed = false;
+        for d in self.deliveries.iter_mut().filter(|d| d.url == url) {
+            if d.state.is_open() && d.next_attempt_at.is_none_or(|t| t > now) {
+                d.next_attempt_at = Some(now);
+                changed = true;
+            }
+        }
+        if changed {
+            self.replan(now);
+        }
+        changed
     }
 
     /// Whether the run still needs the scheduler.

@@ -13,7 +13,10 @@
 //! are claimed.
 
 pub mod lateness;
+mod operator;
 mod steps;
+
+pub use operator::ModifyError;
 #[cfg(test)]
 mod tests;
 
@@ -115,6 +118,10 @@ pub struct Scheduler {
     stall_at: Option<tokio::time::Instant>,
     /// Per callback endpoint: limiter and breaker (in memory, empty at start).
     endpoints: crate::delivery::endpoint::Endpoints,
+    /// Endpoints an operator paused (their deliveries are held).
+    paused: Arc<crate::delivery::pause::Paused>,
+    /// Reports dead deliveries (metric, log, optional operator alert).
+    alerts: Arc<crate::delivery::alert::Alerts>,
 }
 
 impl Scheduler {
@@ -146,7 +153,13 @@ impl Scheduler {
         clock: Clock,
     ) -> Arc<Self> {
         let concurrency = topology.load().settings.scheduler.concurrency;
+        let alerts = Arc::new(crate::delivery::alert::Alerts::new(
+            topology.clone(),
+            client.clone(),
+        ));
         Arc::new(Scheduler {
+            paused: Default::default(),
+            alerts,
             clock,
             lateness: lateness::Lateness::default(),
             store,

@@ -479,8 +479,15 @@ impl Scheduler {
         let now = self.now();
         let mut tasks = tokio::task::JoinSet::new();
         let mut held = Vec::new();
+        let mut paused = Vec::new();
         for (i, d) in run.deliveries().iter().enumerate() {
             if !d.is_due(now) {
+                continue;
+            }
+            if self.paused.is_paused(&d.url) {
+                // Held without an attempt until resumed (which releases it).
+                self.paused.note_held(&d.url, run.id());
+                paused.push((i, now.plus(crate::delivery::pause::PAUSE_HOLD)));
                 continue;
             }
             let cb = route.and_then(|r| r.callbacks.iter().find(|c| c.url == d.url));
@@ -517,6 +524,10 @@ impl Scheduler {
         }
         for (i, until) in held {
             metrics::counter!("runbridge_deliveries_total", "outcome" => "held").increment(1);
+            run.hold_delivery(i, until);
+        }
+        for (i, until) in paused {
+            metrics::counter!("runbridge_deliveries_total", "outcome" => "paused").increment(1);
             run.hold_delivery(i, until);
         }
         // Refreshed after this step's attempts are reported, below.
@@ -576,15 +587,16 @@ impl Scheduler {
                         let outcome = if o.gone { "gone" } else { "dead" };
                         metrics::counter!("runbridge_deliveries_total", "outcome" => outcome)
                             .increment(1);
-                        if !o.gone {
-                            tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback dead after last attempt");
-                        }
                     }
                     if o.gone {
                         tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), "receiver answered 410 Gone; callback disabled for the rest of this run");
                         run.callback_gone(i, o.attempt);
                     } else {
+                        let dead = !o.succeeded && next.is_none();
                         run.record_attempt(i, o.attempt, o.succeeded, next);
+                        if dead {
+                            self.report_dead(run, i, &reason);
+                        }
                     }
                 }
                 None => {
@@ -596,8 +608,21 @@ impl Scheduler {
                         response: None,
                     };
                     run.record_attempt(i, attempt, false, None);
+                    self.report_dead(run, i, "callback is no longer configured for this route");
                 }
             }
+        }
+    }
+
+    /// A delivery just went dead: counted, logged, alerted (never silent).
+    fn report_dead(&self, run: &Run, i: usize, reason: &str) {
+        if let Some(d) = run.deliveries().get(i) {
+            self.alerts.report(crate::delivery::alert::DeadDelivery {
+                run,
+                index: i,
+                delivery: d,
+                reason,
+            });
         }
     }
 
