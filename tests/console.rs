@@ -361,7 +361,8 @@ async fn heavy_console_shows_runs_and_redelivers_dead_deliveries() {
     // Two attempts, then dead.
     let cfg = Config::new(&slate)
         .schedule(&["0s", "100ms"])
-        .route(RouteCfg::new("gh", "wf_ok").callback(&rx.url()));
+        .route(RouteCfg::new("gh", "wf_ok").callback(&rx.url()))
+        .route(RouteCfg::new("deploy", "wf_fail"));
     let dir = tempfile::tempdir().expect("tempdir");
     let text = with_read_token(&cfg, dir.path());
     let d = Daemon::start_with_text(dir, &text).await;
@@ -461,7 +462,18 @@ async fn heavy_console_shows_runs_and_redelivers_dead_deliveries() {
     let css = format!("tr[data-run='{run3}'] td.status");
     b.wait_text(&runs_url, &css, "the third run", |t| t == "succeeded")
         .await;
+    // A failed run of another route; the status filter shows only it.
+    let failed = d.trigger("deploy", "delivery-4", "octo/four").await;
+    let css = format!("tr[data-run='{failed}'] td.status");
+    b.wait_text(&runs_url, &css, "the failed run", |t| t == "failed")
+        .await;
     b.screenshot("console-runs.png").await;
+    b.goto(&format!("{base}/ui/runs?status=failed")).await;
+    b.wait_for(&format!("tr[data-run='{failed}']")).await;
+    assert!(!b.has(&format!("tr[data-run='{run3}']")).await);
+    b.goto(&format!("{base}/ui/runs?route=gh")).await;
+    b.wait_for(&format!("tr[data-run='{run3}']")).await;
+    assert!(!b.has(&format!("tr[data-run='{failed}']")).await);
     b.goto(&format!("{base}/ui/routes")).await;
     b.wait_for("div.card[data-route='gh']").await;
     b.close().await;

@@ -359,7 +359,7 @@ pub fn deliveries(
             } @else {
                 table #deliveries {
                     thead { tr {
-                        th { "Run" } th { "Route" } th { "Event" } th { "State" } th.num { "Attempts" }
+                        th { "Run" } th { "Event" } th { "State" } th.num { "Attempts" }
                         th { "Last attempt" } th { "Endpoint" } th {}
                     } }
                     tbody { @for d in &page.deliveries { (delivery_row(d, viewer)) } }
@@ -377,19 +377,21 @@ pub fn deliveries(
 fn delivery_row(d: &DeliveryItem, viewer: &Viewer) -> Markup {
     html! {
         tr data-delivery=(format!("{}/{}", d.run_id, d.index)) {
-            td.nowrap { a.mono href=(run_link(&d.run_id)) { (d.run_id) } span.idx { "#" (d.index) } }
-            td { (d.route) }
+            td.nowrap {
+                a.mono href=(run_link(&d.run_id)) { (d.run_id) } span.idx { "#" (d.index) }
+                div.muted.small { "route " (d.route) }
+            }
             td { code { (d.event_type) } }
             td { (badge(d.state.as_str())) }
             td.num { (d.attempts) }
             td {
                 @if let Some(a) = &d.last_attempt {
-                    (attempt_outcome(a)) " " (when(&a.at))
-                    @if let Some(e) = &a.error { div.answer title=(e) { (e) } }
+                    div.nowrap { (attempt_outcome(a)) " " (when(&a.at)) }
+                    @if let Some(e) = &a.error { div.answer.narrow title=(e) { (e) } }
                 } @else { (dash()) }
             }
-            td { span.mono { (d.url) } }
-            td { (redeliver_button(&d.run_id, d.index, "deliveries", viewer)) }
+            td { div.answer.narrow title=(d.url) { (d.url) } }
+            td.nowrap { (redeliver_button(&d.run_id, d.index, "deliveries", viewer)) }
         }
     }
 }
