@@ -313,6 +313,12 @@ async fn heavy_console_sets_a_strict_cookie_and_headers_and_limits_failed_sign_i
         !page.contains("http://") && !page.contains("https://"),
         "no external references"
     );
+    // Nothing inline for the CSP to block: no script, no style attribute.
+    assert!(
+        !page.contains("<script") && !page.contains("style="),
+        "{page}"
+    );
+    assert!(cookie.contains("Max-Age=43200"), "{cookie}");
 
     // Unknown console pages are HTML 404s, not the API's JSON.
     let resp = http.get(d.url("/ui/nope")).send().await.unwrap();

@@ -301,8 +301,10 @@ async fn login(
     }
     let (id, _) = st.sessions.open(Secret::new(token));
     let mut resp = Redirect::to("/ui/runs").into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&st, &id, None));
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&st, &id, Some(session::SESSION_TTL.as_secs())),
+    );
     resp
 }
 
