@@ -451,6 +451,38 @@ async fn heavy_console_shows_runs_and_redelivers_dead_deliveries() {
     .await;
     b.screenshot("console-run.png").await;
 
+    // Replay: a new linked run; the same form sent twice acts once.
+    b.wait_for("button#replay")
+        .await
+        .click()
+        .await
+        .expect("replay");
+    b.wait_for("#notice").await;
+    let link = b.wait_for("a.replay-of").await.text().await.unwrap();
+    assert_eq!(link, run1);
+    let (cookie, csrf) = b.session().await;
+    let path = format!("/ui/runs/{run1}/replay");
+    let fields = [("csrf", csrf.as_str()), ("once", "double-click")];
+    let first = raw_client()
+        .post(d.url(&path))
+        .header("cookie", format!("runbridge_session={cookie}"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    let again = raw_client()
+        .post(d.url(&path))
+        .header("cookie", format!("runbridge_session={cookie}"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status().as_u16(), 303);
+    assert_eq!(again.status().as_u16(), 303);
+    assert_eq!(first.headers()["location"], again.headers()["location"]);
+    let replays = d.get_run(&run1).await["replays"].as_array().unwrap().len();
+    assert_eq!(replays, 2, "one from the button, one from the doubled form");
+
     // And the button on the deliveries page.
     b.goto(&deliveries_url).await;
     b.wait_for(&format!("tr[data-delivery='{run2}/0'] button.redeliver"))

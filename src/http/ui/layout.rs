@@ -28,6 +28,15 @@ impl Viewer<'_> {
     pub fn csrf_field(&self) -> Markup {
         html! { input type="hidden" name="csrf" value=(self.csrf); }
     }
+
+    /// The hidden fields of an action form: the CSRF token and a fresh
+    /// one-time key, so a double-clicked button acts once.
+    pub fn action_fields(&self) -> Markup {
+        html! {
+            (self.csrf_field())
+            input type="hidden" name="once" value=(super::session::random_token());
+        }
+    }
 }
 
 fn head(title: &str, refresh: Option<u32>) -> Markup {

@@ -43,6 +43,8 @@ pub struct UiState {
     /// For `server.tls` (the cookie's `Secure` flag).
     pub topology: SharedTopology,
     pub sessions: Arc<Sessions>,
+    /// One-time keys of action forms: a repeat gets the first's redirect.
+    pub once: Arc<crate::admin::idempotency::Idempotency>,
 }
 
 impl UiState {
@@ -52,6 +54,7 @@ impl UiState {
             admin,
             topology,
             sessions: Arc::new(Sessions::default()),
+            once: Arc::default(),
         }
     }
 }
@@ -70,6 +73,7 @@ pub fn router(st: UiState) -> Router {
             "/ui/runs/{id}/deliveries/{index}/redeliver",
             post(pages::redeliver),
         )
+        .route("/ui/runs/{id}/replay", post(pages::replay))
         .route("/ui/deliveries", get(pages::deliveries))
         .route("/ui/routes", get(pages::routes))
         .route("/ui/{*rest}", get(not_found).post(not_found))

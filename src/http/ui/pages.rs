@@ -3,7 +3,8 @@
 
 use super::layout::{self, Nav};
 use super::views::{self, RouteCounts, RunFilters};
-use super::{authorize_post, field, form, html_page, require, Refused, UiState};
+use super::{authorize_post, field, form, html_page, require, Refused, SignedIn, UiState};
+use crate::admin::idempotency::{self, Claim, Stored};
 use crate::admin::view::{DeliveryFilter, RunFilter};
 use crate::admin::AdminError;
 use axum::body::Bytes;
@@ -141,18 +142,81 @@ pub async fn redeliver(
     body: Bytes,
 ) -> Result<Response, Refused> {
     let f = form(&body);
-    authorize_post(&st, &headers, &f, true)?;
+    let s = authorize_post(&st, &headers, &f, true)?;
     let index: u32 = index
         .parse()
         .map_err(|_| Refused::Message(StatusCode::NOT_FOUND, "No such delivery.".into()))?;
-    st.admin.redeliver(&id, index).await?;
-    tracing::info!(run_id = %id, index, "console: redelivery requested");
-    let to = match field(&f, "back") {
-        Some("deliveries") => "/ui/deliveries?notice=redelivered".to_string(),
-        _ => format!("{}?notice=redelivered", views::run_link(&id)),
-    };
+    let path = format!("{}/deliveries/{index}/redeliver", views::run_link(&id));
+    let to = once(&st, &s, &path, field(&f, "once"), || async {
+        st.admin.redeliver(&id, index).await?;
+        tracing::info!(run_id = %id, index, "console: redelivery requested");
+        Ok(match field(&f, "back") {
+            Some("deliveries") => "/ui/deliveries?notice=redelivered".to_string(),
+            _ => format!("{}?notice=redelivered", views::run_link(&id)),
+        })
+    })
+    .await?;
     // 303: the browser loads the target with GET (no resubmission).
     Ok(Redirect::to(&to).into_response())
+}
+
+/// `POST /ui/runs/{id}/replay` (write sessions, CSRF-checked): a new run
+/// with the same inputs, linked to this one; then the new run's page.
+pub async fn replay(
+    State(st): State<UiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    let f = form(&body);
+    let s = authorize_post(&st, &headers, &f, true)?;
+    let path = format!("{}/replay", views::run_link(&id));
+    let to = once(&st, &s, &path, field(&f, "once"), || async {
+        let new = st.admin.replay_run(&id).await?;
+        tracing::info!(run_id = %id, new_run_id = %new.id, "console: run replayed");
+        Ok(format!("{}?notice=replayed", views::run_link(&new.id)))
+    })
+    .await?;
+    Ok(Redirect::to(&to).into_response())
+}
+
+/// Runs `act` once per (session, path, one-time key): a repeat of the same
+/// form (a double click) gets the first's redirect target without acting.
+/// A form without a key just acts.
+async fn once<F, Fut>(
+    st: &UiState,
+    s: &SignedIn,
+    path: &str,
+    key: Option<&str>,
+    act: F,
+) -> Result<String, Refused>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<String, Refused>>,
+{
+    let Some(key) = key.filter(|k| !k.is_empty() && k.len() <= idempotency::MAX_KEY_LEN) else {
+        return act().await;
+    };
+    // The session's CSRF token is unique per session: keys never collide
+    // across sessions, and no admin token is used as a key.
+    match st.once.claim(&s.session.csrf, "POST", path, key) {
+        Claim::First(pending) => {
+            let to = act().await?;
+            pending.finish(Stored {
+                status: 303,
+                body: Bytes::from(to.clone()),
+            });
+            Ok(to)
+        }
+        Claim::Repeat(slot) => match idempotency::wait(slot).await {
+            Some(first) => Ok(String::from_utf8_lossy(&first.body).into_owned()),
+            None => Err(Refused::Message(
+                StatusCode::CONFLICT,
+                "The same form was submitted twice and the first did not finish; reload and try again."
+                    .into(),
+            )),
+        },
+    }
 }
 
 /// `GET /ui/deliveries?state&route&cursor`: failing and dead, across runs.

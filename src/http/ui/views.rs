@@ -61,6 +61,7 @@ pub fn run_link(id: &str) -> String {
 pub fn notice(code: Option<&str>) -> Markup {
     let text = match code {
         Some("redelivered") => "Redelivery queued: a new attempt goes out now.",
+        Some("replayed") => "Replay started: this is the new run, with the same inputs.",
         _ => return html! {},
     };
     html! { div.notice.ok id="notice" { (text) } }
@@ -138,7 +139,10 @@ fn run_row(r: &RunSummary) -> Markup {
     let d = &r.deliveries;
     html! {
         tr data-run=(r.id) {
-            td { a.mono href=(run_link(&r.id)) { (r.id) } }
+            td.nowrap {
+                a.mono href=(run_link(&r.id)) { (r.id) }
+                @if r.replay_of.is_some() { " " span.badge.small title="a replay of an earlier run" { "replay" } }
+            }
             td { (r.route) }
             td.status { (badge(r.status.as_str())) }
             td { span.badge { (phase_name(r.phase)) } }
@@ -240,7 +244,15 @@ pub fn run(run: &RunDetail, viewer: &Viewer, notice_code: Option<&str>) -> Marku
     let s = &run.summary;
     html! {
         (notice(notice_code))
-        h1 { "Run " span.mono { (s.id) } " " span #run-status { (badge(s.status.as_str())) } }
+        div.title-row {
+            h1 { "Run " span.mono { (s.id) } " " span #run-status { (badge(s.status.as_str())) } }
+            @if viewer.can_write() {
+                form.inline method="post" action=(format!("{}/replay", run_link(&s.id))) {
+                    (viewer.action_fields())
+                    button.ghost #replay type="submit" title="Start a new run with the same inputs" { "Replay" }
+                }
+            }
+        }
         div.panel {
             dl.facts {
                 (fact("Route", Some(&s.route)))
@@ -254,7 +266,7 @@ pub fn run(run: &RunDetail, viewer: &Viewer, notice_code: Option<&str>) -> Marku
                 dt { "Deadline" } dd { (when(&run.deadline)) }
                 (fact("Last error", run.last_error.as_deref()))
                 @if let Some(o) = &s.replay_of {
-                    dt { "Replay of" } dd { a.mono href=(run_link(o)) { (o) } }
+                    dt { "Replay of" } dd { a.mono.replay-of href=(run_link(o)) { (o) } }
                 }
                 @if !run.replays.is_empty() {
                     dt { "Replayed as" }
@@ -288,7 +300,7 @@ fn redeliver_button(run_id: &str, index: u32, back: &str, viewer: &Viewer) -> Ma
         @if viewer.can_write() {
             form.inline.redeliver method="post"
                 action=(format!("{}/deliveries/{index}/redeliver", run_link(run_id))) {
-                (viewer.csrf_field())
+                (viewer.action_fields())
                 input type="hidden" name="back" value=(back);
                 button.small.redeliver type="submit" { "Redeliver" }
             }
