@@ -272,8 +272,12 @@ async fn heavy_console_signs_in_and_refuses_bad_tokens_and_forms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_console_sets_a_strict_cookie_and_headers_and_limits_failed_sign_ins() {
     let slate = FakeSlate::start().await;
-    let d = Daemon::start(&Config::new(&slate).route(RouteCfg::new("gh", "wf_ok"))).await;
+    let cfg = Config::new(&slate).route(RouteCfg::new("gh", "wf_ok"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = with_read_token(&cfg, dir.path());
+    let d = Daemon::start_with_text(dir, &text).await;
     let http = raw_client();
+    let read_cookie = sign_in_raw(&d, READ_TOKEN).await;
     let resp = http
         .post(d.url("/ui/login"))
         .form(&[("token", ADMIN_TOKEN)])
@@ -349,6 +353,59 @@ async fn heavy_console_sets_a_strict_cookie_and_headers_and_limits_failed_sign_i
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 429);
+
+    // A token removed from the config (and reloaded) ends its sessions.
+    let page = |cookie: String| {
+        let http = http.clone();
+        let url = d.url("/ui/runs");
+        async move {
+            http.get(url)
+                .header("cookie", format!("runbridge_session={cookie}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(page(read_cookie.clone()).await, 200);
+    std::fs::write(&d.config_path, cfg.render(d.dir())).expect("rewrite config");
+    let resp = http
+        .post(d.url("/reload"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    assert_eq!(
+        page(read_cookie).await,
+        303,
+        "the read token's session ended"
+    );
+    assert_eq!(page(value).await, 200, "the write token's session goes on");
+}
+
+/// Signs in over plain HTTP; answers the session cookie's value.
+async fn sign_in_raw(d: &Daemon, token: &str) -> String {
+    let resp = raw_client()
+        .post(d.url("/ui/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    cookie
+        .split(';')
+        .next()
+        .and_then(|c| c.split_once('='))
+        .map(|(_, v)| v.to_string())
+        .expect("a session cookie")
 }
 
 /// The receiver's `webhook-id` for a run's first callback.
