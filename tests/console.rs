@@ -471,6 +471,8 @@ async fn heavy_console_shows_runs_and_redelivers_dead_deliveries() {
     b.wait_for("section.delivery[data-state='dead']").await;
     assert!(!b.has("button.redeliver").await);
     assert!(!b.has("form.redeliver").await);
+    assert!(!b.has("button#replay").await);
+    assert!(!b.has("form[method=post] button:not(#logout)").await);
     let (cookie, csrf) = b.session().await;
     let path = format!("/ui/runs/{run1}/deliveries/0/redeliver");
     let (status, page) = form_post(&d, &path, &cookie, &[("csrf", &csrf)]).await;

@@ -503,8 +503,8 @@ async fn json_errors(resp: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+        // The console's (`/ui`) error pages are HTML on purpose.
         .is_some_and(|c| c.starts_with("application/json") || c.starts_with("text/html"));
-    // The console's (`/ui`) error pages are HTML on purpose.
     if is_json {
         return resp;
     }
