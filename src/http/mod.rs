@@ -7,6 +7,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub mod tls;
+pub mod ui;
 
 use crate::health::Health;
 use crate::ingress::{self, Headers, IngressError};
@@ -392,6 +393,7 @@ pub fn router(st: EdgeState, with_ops: bool) -> Router {
         admin: st.admin.clone(),
         idempotency: Default::default(),
     };
+    let (st_admin, st_topology) = (st.admin.clone(), st.topology.clone());
     let ops = if with_ops {
         ops_routes(st.clone())
     } else {
@@ -406,6 +408,7 @@ pub fn router(st: EdgeState, with_ops: bool) -> Router {
         .with_state(st)
         .merge(ops)
         .merge(admin::router(admin))
+        .merge(ui::router(ui::UiState::new(st_admin, st_topology)))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(server.body_limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -499,7 +502,8 @@ async fn json_errors(resp: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/json"));
+        // The console's (`/ui`) error pages are HTML on purpose.
+        .is_some_and(|c| c.starts_with("application/json") || c.starts_with("text/html"));
     if is_json {
         return resp;
     }
