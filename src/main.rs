@@ -176,6 +176,9 @@ fn ignore_sigxfsz() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::CheckConfig { .. }) {
+        cli::restore_sigpipe();
+    }
     match cli.command {
         Command::Ops(op) => cli::run(*op),
         Command::CheckConfig {

@@ -544,3 +544,62 @@ async fn routes_and_providers_without_secrets() {
         }
     }
 }
+
+/// `runbridge routes --json | head -c 1`: the reader goes away before the
+/// CLI has written everything. The CLI must end quietly (SIGPIPE, as Unix
+/// tools do), not panic with "failed printing to stdout".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_pipe_ends_the_cli_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let slate = FakeSlate::start().await;
+    let rx = Receiver::start(CALLBACK_SECRET).await;
+    let d = daemon(&slate, &rx).await;
+    for args in [
+        &["routes", "--json"][..],
+        &[
+            "check-config",
+            "--config",
+            &d.config_path.display().to_string(),
+        ][..],
+    ] {
+        // A pipe whose read end is closed before the child starts: its
+        // first write to stdout meets EPIPE.
+        let writer = closed_pipe();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_runbridge"));
+        cmd.args(args)
+            .args(if args[0] == "routes" {
+                vec!["--url", d.base.as_str()]
+            } else {
+                vec![]
+            })
+            .env("RUNBRIDGE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("RUST_BACKTRACE")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped());
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("join")
+            .expect("run the CLI");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?} ends by SIGPIPE like a Unix tool: {:?} {stderr}",
+            out.status
+        );
+    }
+}
+
+/// The write end of a pipe whose read end is already closed.
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills both descriptors on success; each is owned once.
+    let (reader, writer) = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0, "pipe");
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    };
+    drop(reader);
+    std::process::Stdio::from(writer)
+}

@@ -36,6 +36,7 @@ pub enum Ops {
 
 /// Runs one subcommand on a small single-threaded runtime.
 pub fn run(op: Ops) -> ExitCode {
+    restore_sigpipe();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -58,4 +59,18 @@ pub fn run(op: Ops) -> ExitCode {
             Ops::Providers(a) => a.run().await,
         }
     })
+}
+
+/// Rust ignores SIGPIPE, so `println!` into a closed pipe
+/// (`runbridge runs list | head -3`) panics. A command-line tool should end
+/// quietly instead, as Unix tools do, so the default action is restored for
+/// the commands that only print (never for `serve` or `receive`). Their one
+/// socket, the request to the daemon, is written by std with `MSG_NOSIGNAL`
+/// and cannot raise the signal.
+pub fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default at start, before
+    // any thread of ours exists, has no memory-safety precondition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
