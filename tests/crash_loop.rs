@@ -279,6 +279,35 @@ fn check_no_double_start(
     }
 }
 
+/// Callbacks answered 2xx, per run.
+fn ok_callbacks(rx: &Receiver) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for r in rx.records().iter().filter(|r| r.ok()) {
+        *out.entry(r.run_id().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    out
+}
+
+/// Records, for every run `runs` shows delivered, how many 2xx callbacks
+/// the receiver holds now. The receiver records a callback before it
+/// answers and the daemon saves the delivery after the answer, so this
+/// count is final: it must not grow.
+fn note_saved_deliveries(
+    runs: &HashMap<String, Value>,
+    rx: &Receiver,
+    saved: &mut HashMap<String, usize>,
+) {
+    let ok = ok_callbacks(rx);
+    for (id, r) in runs {
+        if r["delivery_counts"]["delivered"] == 1 && !saved.contains_key(id) {
+            let n = ok.get(id).copied().unwrap_or(0);
+            assert!(n >= 1, "run {id} saved as delivered, never received: {r}");
+            saved.insert(id.clone(), n);
+        }
+    }
+}
+
 /// Where the runs of the kill's cycle were when it landed, from the fakes'
 /// point of view: (requests in flight, no vendor run yet, vendor run but no
 /// callback, callback delivered).
@@ -341,6 +370,9 @@ async fn heavy_fifty_sigkills_under_ingress_lose_nothing_and_start_nothing_twice
     let mut kills_with = [0usize; 4];
     let mut runs_at_kill = [0usize; 4];
     let mut last_check = Duration::ZERO;
+    // Delivered callbacks of runs the store had saved as delivered, counted
+    // after a restart: a saved delivery is never sent again.
+    let mut saved_delivered: HashMap<String, usize> = HashMap::new();
 
     for cycle in 0..cycles {
         let sent = Arc::new(Mutex::new(Sent::default()));
@@ -383,6 +415,7 @@ async fn heavy_fifty_sigkills_under_ingress_lose_nothing_and_start_nothing_twice
         d.restart().await;
         let tc = Instant::now();
         let runs = all_runs(&d).await;
+        note_saved_deliveries(&runs, &rx, &mut saved_delivered);
         check_nothing_lost(cycle, &acks, &runs);
         check_no_double_start(cycle, &runs, &slate, &op);
         // A sender retrying an acknowledged delivery gets the same run.
@@ -434,6 +467,14 @@ async fn heavy_fifty_sigkills_under_ingress_lose_nothing_and_start_nothing_twice
     .await;
     check_nothing_lost(cycles, &acks, &runs);
     check_no_double_start(cycles, &runs, &slate, &op);
+    let ok_now = ok_callbacks(&rx);
+    for (id, n) in &saved_delivered {
+        assert_eq!(
+            ok_now.get(id).copied().unwrap_or(0),
+            *n,
+            "run {id}: callback sent again after its delivery was saved"
+        );
+    }
 
     let records = rx.records();
     assert!(rx.invalid().is_empty(), "{:?}", rx.invalid());
