@@ -308,9 +308,9 @@ fn note_saved_deliveries(
     }
 }
 
-/// Where the runs of the kill's cycle were when it landed, from the fakes'
-/// point of view: (requests in flight, no vendor run yet, vendor run but no
-/// callback, callback delivered).
+/// Where the acknowledged runs of the kill's cycle were when it landed, from
+/// the fakes' point of view: [no vendor run yet, vendor run but no delivered
+/// callback, callback delivered]. (Requests in flight are counted apart.)
 fn phases_at_kill(acks: &[Ack], slate: &FakeSlate, op: &FakeOnePin, rx: &Receiver) -> [usize; 3] {
     let slate_runs: HashSet<String> = slate
         .runs()
