@@ -260,16 +260,8 @@ impl Daemon {
         stderr: PathBuf,
         log: &str,
     ) -> Result<Daemon, String> {
-        let err_file = std::fs::File::create(&stderr)
-            .map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err_file))
-            .kill_on_drop(true);
+        cmd.arg("serve").arg("--config").arg(config);
         for (k, _) in std::env::vars_os() {
             let upper = k.to_string_lossy().to_ascii_uppercase();
             if upper.starts_with("RUNBRIDGE") || upper.ends_with("_PROXY") {
@@ -277,10 +269,23 @@ impl Daemon {
             }
         }
         cmd.env("RUNBRIDGE_LOG", log);
+        Daemon::spawn_command(cmd, stderr).await
+    }
+
+    /// Starts any server that prints `listening on ADDR` as its first stdout
+    /// line (the daemon, or the reference server), stderr to `stderr`.
+    pub(crate) async fn spawn_command(mut cmd: Command, stderr: PathBuf) -> Result<Daemon, String> {
+        let err_file = std::fs::File::create(&stderr)
+            .map_err(|e| format!("cannot create {}: {e}", stderr.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err_file))
+            .kill_on_drop(true);
+        let bin = cmd.as_std().get_program().to_owned();
         let started = Instant::now();
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", bin.to_string_lossy()))?;
         let pid = child.id().unwrap_or(0);
         let stdout = child.stdout.take().ok_or("stdout not piped")?;
         let mut lines = BufReader::new(stdout).lines();

@@ -5,13 +5,17 @@
 //! * `ingress`:   GitHub-signed ~1 KB triggers accepted per second (202 only,
 //!   each one durable in sled before the answer), 64 keep-alive connections,
 //!   latency percentiles, errors.
+//! * `reference`: the same load against a plain sled group commit started by
+//!   the bench (verify, one insert, one shared flush per batch, 202; see
+//!   `reference.rs`), and runbridge's ingress rate as a ratio of it. Runs
+//!   whenever `ingress` does.
 //! * `callbacks`: signed callbacks delivered per second end to end (trigger ->
 //!   start -> poll -> deliver) to a verifying receiver in this process.
 //! * `memory`:    resident memory with 100,000 runs in flight, store size on
 //!   disk, and the resume time after a SIGKILL on the same store.
 //!
 //! ```sh
-//! cargo bench --bench loop                      # all three
+//! cargo bench --bench loop                      # all four
 //! cargo bench --bench loop -- ingress memory    # a selection
 //! BENCH_SECONDS=5 BENCH_CALLBACKS=2000 BENCH_RUNS=10000 cargo bench --bench loop
 //! ```
@@ -45,12 +49,14 @@ mod daemon;
 mod ingress;
 mod load;
 mod memory;
+mod reference;
 
 use callbacks::*;
 use daemon::*;
 use ingress::*;
 use load::*;
 use memory::*;
+use reference::*;
 
 const ADMIN_TOKEN: &str = "bench";
 const GH_SECRET: &str = "bench-secret";
@@ -80,6 +86,7 @@ struct Opts {
     conns: usize,
     dir: PathBuf,
     ingress: bool,
+    reference: bool,
     callbacks_on: bool,
     memory: bool,
 }
@@ -103,11 +110,13 @@ impl Opts {
                 continue;
             }
             match a.as_str() {
-                "ingress" | "callbacks" | "memory" => picked.push(a),
-                "all" => picked.extend(["ingress", "callbacks", "memory"].map(String::from)),
+                "ingress" | "reference" | "callbacks" | "memory" => picked.push(a),
+                "all" => picked.extend(
+                    ["ingress", "reference", "callbacks", "memory"].map(String::from),
+                ),
                 other => {
                     return Err(format!(
-                        "unknown scenario {other:?}; expected ingress, callbacks, memory or all"
+                        "unknown scenario {other:?}; expected ingress, reference, callbacks, memory or all"
                     ))
                 }
             }
@@ -125,6 +134,8 @@ impl Opts {
             conns: env_num("BENCH_CONNECTIONS", 64usize).clamp(1, 1024),
             dir,
             ingress: has("ingress"),
+            // The reference is what ingress is compared with: it runs with it.
+            reference: has("ingress") || has("reference"),
             callbacks_on: has("callbacks"),
             memory: has("memory"),
         })
@@ -243,6 +254,12 @@ async fn run_all(opts: &Opts, rep: &mut Report) -> Result<(), String> {
             failures.push(format!("ingress: {e}"));
         }
     }
+    if opts.reference {
+        if let Err(e) = reference(opts, ticks, rep).await {
+            println!("  !! reference failed: {e}");
+            failures.push(format!("reference: {e}"));
+        }
+    }
     if opts.callbacks_on {
         if let Err(e) = callbacks(opts, &bin, ticks, rep).await {
             println!("  !! callbacks failed: {e}");
@@ -263,6 +280,9 @@ async fn run_all(opts: &Opts, rep: &mut Report) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(dir) = std::env::var_os(REFERENCE_ENV) {
+        return serve_reference(&dir.to_string_lossy());
+    }
     let opts = match Opts::from_env() {
         Ok(o) => o,
         Err(e) => {
