@@ -67,9 +67,10 @@ pub(crate) async fn count_done(base: &str, max_pages: usize) -> Result<(usize, u
     let (mut succeeded, mut done) = (0, 0);
     let mut before: Option<String> = None;
     for _ in 0..max_pages {
-        let mut url = format!("{base}/runs?route=gh&status=succeeded&limit=1000");
+        // 500 is the admin API's largest page.
+        let mut url = format!("{base}/runs?route=gh&status=succeeded&limit=500");
         if let Some(b) = &before {
-            url.push_str(&format!("&before={b}"));
+            url.push_str(&format!("&cursor={b}"));
         }
         let v: Value = client
             .get(&url)
@@ -85,13 +86,15 @@ pub(crate) async fn count_done(base: &str, max_pages: usize) -> Result<(usize, u
         done += runs
             .iter()
             .filter(|r| {
-                r["phase"] == "done"
-                    && r["deliveries"].as_array().is_some_and(|d| {
-                        !d.is_empty() && d.iter().all(|x| x["state"] == "succeeded")
-                    })
+                let c = &r["delivery_counts"];
+                let open = ["pending", "failing", "dead", "refused", "gone"]
+                    .iter()
+                    .map(|k| c[*k].as_u64().unwrap_or(1))
+                    .sum::<u64>();
+                r["phase"] == "done" && c["delivered"].as_u64().unwrap_or(0) >= 1 && open == 0
             })
             .count();
-        match v["next"].as_str() {
+        match v["next_cursor"].as_str() {
             Some(n) => before = Some(n.to_string()),
             None => break,
         }
@@ -136,6 +139,7 @@ pub(crate) async fn callbacks(
         cpu_seconds("self", ticks).unwrap_or(0.0),
         machine_busy_seconds(ticks).unwrap_or(0.0),
     );
+    let perf = Perf::start(d.pid, S).await?;
     let cpu_wall = Instant::now();
     let fired = fire_count(&d.base, payloads, &conns, n, "cb", false).await?;
     let want = fired.runs.len();
@@ -186,6 +190,7 @@ pub(crate) async fn callbacks(
         cpu_seconds("self", ticks).unwrap_or(0.0),
         machine_busy_seconds(ticks).unwrap_or(0.0),
     );
+    stop_perf(perf).await;
 
     // End-to-end latency per run: 202 received -> its callback received.
     let mut e2e: Vec<u32> = Vec::with_capacity(got);
@@ -196,7 +201,9 @@ pub(crate) async fn callbacks(
         .map(|r| (format!("msg_{}", r.run_id), r.acked))
         .collect();
     for (id, at) in &seen {
-        match ours.get(id) {
+        // A webhook id is `msg_<run id>_<event number>`.
+        let run = id.rsplit_once('_').map_or(id.as_str(), |(run, _)| run);
+        match ours.get(run) {
             Some(acked) => e2e.push(at.saturating_sub(*acked).as_micros() as u32),
             None => foreign += 1,
         }
@@ -211,7 +218,7 @@ pub(crate) async fn callbacks(
     // Cross-check through the admin API (the final `done` save follows the
     // callback's answer, so give it a moment).
     let mut admin = (0, 0);
-    let pages = want / 1000 + 3;
+    let pages = want / 500 + 3;
     for _ in 0..20 {
         admin = count_done(&d.base, pages).await?;
         if admin.1 >= want {

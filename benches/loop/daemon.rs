@@ -201,6 +201,9 @@ concurrency = 256
 
 [delivery]
 schedule = ["0s", "1s", "1s", "1s"]
+# The verifying receiver listens on loopback, which the SSRF guard refuses
+# unless it is allowed.
+allow_destinations = ["127.0.0.0/8"]
 timeout = "5s"
 
 [providers.sim]
@@ -406,6 +409,60 @@ impl Daemon {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Load generation
-// ---------------------------------------------------------------------------
+/// `perf record` attached to a server for one measured window, when
+/// `BENCH_PERF=<dir>` is set: writes `<dir>/<scenario>.perf.data` (DWARF call
+/// graphs, 499 Hz) for `benches/profile.sh` to fold and render. perf costs
+/// the server CPU, so a profiled run's rates are lower than an unprofiled
+/// one's; take the numbers from a run without it.
+pub(crate) struct Perf {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Perf {
+    /// Starts recording `pid`, or does nothing without `BENCH_PERF`.
+    pub(crate) async fn start(pid: u32, scenario: &str) -> Result<Option<Perf>, String> {
+        let Some(dir) = std::env::var_os("BENCH_PERF").filter(|d| !d.is_empty()) else {
+            return Ok(None);
+        };
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let out = dir.join(format!("{scenario}.perf.data"));
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "499", "--call-graph", "dwarf", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start perf (BENCH_PERF is set): {e}"))?;
+        println!("  perf recording pid {pid} to {}", out.display());
+        Ok(Some(Perf { child, out }))
+    }
+
+    /// SIGINT (perf then writes its file out), and waits at most 60 s.
+    pub(crate) async fn stop(mut self) -> Result<PathBuf, String> {
+        let pid = self.child.id().ok_or("perf already exited")?;
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await;
+        match tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await {
+            Ok(Ok(_)) => Ok(self.out),
+            _ => Err(format!("perf did not finish {}", self.out.display())),
+        }
+    }
+}
+
+/// Stops an optional recording, reporting (not failing on) a problem.
+pub(crate) async fn stop_perf(perf: Option<Perf>) {
+    if let Some(p) = perf {
+        match p.stop().await {
+            Ok(out) => println!("  perf data: {}", out.display()),
+            Err(e) => println!("  !! {e}"),
+        }
+    }
+}

@@ -24,7 +24,7 @@ pub(crate) async fn ingress(
         callback: None,
     };
     let (dir, _cfg, mut d) = start_scenario(opts, bin, S, &route, "stderr.log").await?;
-    let w = measure_window(opts, &d, ticks).await?;
+    let w = measure_window(opts, &d, ticks, S).await?;
     let after_total = w.total_202;
     let rss = d.rss();
 
@@ -85,7 +85,12 @@ pub(crate) struct Window {
 /// Fires `opts.conns` connections at `d` for warm-up + measured seconds and
 /// accounts for the measured part only; `ingress` and `reference` share it
 /// so their figures are comparable.
-pub(crate) async fn measure_window(opts: &Opts, d: &Daemon, ticks: f64) -> Result<Window, String> {
+pub(crate) async fn measure_window(
+    opts: &Opts,
+    d: &Daemon,
+    ticks: f64,
+    scenario: &'static str,
+) -> Result<Window, String> {
     let warmup = Duration::from_secs(opts.warmup);
     let measure = Duration::from_secs(opts.seconds);
     let payloads = payloads();
@@ -101,12 +106,22 @@ pub(crate) async fn measure_window(opts: &Opts, d: &Daemon, ticks: f64) -> Resul
             )
         };
         tokio::time::sleep(warmup).await;
+        let perf = Perf::start(pid, scenario).await;
         let a = probe();
         tokio::time::sleep(measure).await;
-        (a, probe())
+        let b = probe();
+        let perf = match perf {
+            Ok(p) => {
+                stop_perf(p).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        (a, b, perf)
     });
     let (_t0, samples) = fire_for(&d.base, payloads, &conns, warmup, measure).await?;
-    let ((d0, s0, m0), (d1, s1, m1)) = cpu_probe.await.map_err(|e| e.to_string())?;
+    let ((d0, s0, m0), (d1, s1, m1), perf) = cpu_probe.await.map_err(|e| e.to_string())?;
+    perf?;
 
     let (lo, hi) = (
         warmup.as_micros() as u64,

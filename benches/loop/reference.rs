@@ -121,7 +121,7 @@ pub(crate) async fn reference(opts: &Opts, ticks: f64, rep: &mut Report) -> Resu
     cmd.env(REFERENCE_ENV, dir.path());
     let mut d = Daemon::spawn_command(cmd, dir.path().join("stderr.log")).await?;
     d.wait_healthy(Duration::from_secs(30)).await?;
-    let w = measure_window(opts, &d, ticks).await?;
+    let w = measure_window(opts, &d, ticks, S).await?;
     w.report(rep, S);
     let (apparent, _) = disk_usage(&dir.path().join("db"));
     rep.row(
