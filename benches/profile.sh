@@ -9,7 +9,8 @@
 # <= 1) and inferno (`cargo install inferno`). The bench attaches
 # `perf record -F 499 --call-graph dwarf -p <pid>` for each measured window
 # (BENCH_PERF=<dir>, see benches/loop/daemon.rs); this script folds the
-# samples with inferno-collapse-perf and renders them with inferno-flamegraph.
+# samples with inferno-collapse-perf and renders them with inferno-flamegraph
+# (frames narrower than 0.5 px left out, which keeps the SVGs small).
 # The reference server's profile is rendered too (docs is not written for
 # it unless PROFILE_REFERENCE=1). perf costs the server CPU: take the rates
 # from a run without it.
@@ -27,7 +28,7 @@ render() { # scenario title svg
   local data="$out/$1.perf.data"
   [ -s "$data" ] || { echo "profile.sh: no $data" >&2; return 1; }
   perf script -i "$data" 2>/dev/null | inferno-collapse-perf --all > "$out/$1.folded"
-  inferno-flamegraph --title "$2" --width 1600 < "$out/$1.folded" > "$3"
+  inferno-flamegraph --title "$2" --width 1600 --minwidth 0.5 < "$out/$1.folded" > "$3"
   echo "$3 ($(wc -l < "$out/$1.folded") distinct stacks)"
 }
 render ingress "runbridge: ingress (GitHub-signed 1 KB, 64 connections)" docs/profile-ingress.svg

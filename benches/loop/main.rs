@@ -26,7 +26,9 @@
 //! `cargo build --release --bin runbridge` first even if the binary looks
 //! fresh), `BENCH_DIR` (where the
 //! temporary stores go; default: cargo's target tmp dir, on the same disk as
-//! the project, since a tmpfs would make fsync free).
+//! the project, since a tmpfs would make fsync free), `BENCH_PERF=<dir>`
+//! (`perf record` the server over each measured window into
+//! `<dir>/<scenario>.perf.data`; `benches/profile.sh` renders them).
 //!
 //! Every loop is bounded by count and by time; every daemon is killed when
 //! its handle drops (also on Ctrl-C). Traffic stays on 127.0.0.1.
