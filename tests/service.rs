@@ -314,6 +314,8 @@ async fn metrics_counters_move_as_runs_flow() {
     for name in [
         "runbridge_store_flush_seconds_count",
         "runbridge_store_batch_writes_count",
+        "runbridge_store_writes_total{op=create}",
+        "runbridge_store_flushes_total",
         "runbridge_scheduler_lag_seconds_count",
         "runbridge_delivery_attempt_seconds_count",
         "runbridge_due_queue_depth",

@@ -899,6 +899,8 @@ struct SlateInner {
 /// * `wf_cancel`: QUEUED, then CANCELED.
 /// * `wf_slow`: QUEUED, then RUNNING forever.
 /// * `wf_hold*`: QUEUED, then RUNNING until [`FakeSlate::release_holds`], then COMPLETED.
+/// * `wf_ten`: QUEUED, RUNNING, then COMPLETED at exactly the 10th poll (a
+///   run whose durable writes per poll are counted).
 /// * `wf_bad`: create answers 400 `{"error":"inputs must be an object"}`.
 /// * `wf_429`: 1st create 429 + `Retry-After: 1`, 2nd 503, then like `wf_ok`.
 /// * anything else: create answers 404.
@@ -917,7 +919,7 @@ fn known_workflow(wf: &str) -> bool {
         || wf.starts_with("wf_hold")
         || matches!(
             wf,
-            "wf_fail" | "wf_cancel" | "wf_slow" | "wf_bad" | "wf_429"
+            "wf_fail" | "wf_cancel" | "wf_slow" | "wf_bad" | "wf_429" | "wf_ten"
         )
 }
 
@@ -925,6 +927,9 @@ fn known_workflow(wf: &str) -> bool {
 fn status_at(wf: &str, polls: u32, released: bool) -> &'static str {
     if polls <= 1 {
         return "QUEUED";
+    }
+    if wf == "wf_ten" {
+        return if polls >= 10 { "COMPLETED" } else { "RUNNING" };
     }
     if wf.starts_with("wf_ok") || wf == "wf_429" {
         match polls {

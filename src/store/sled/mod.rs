@@ -90,6 +90,36 @@ enum Op {
     },
 }
 
+impl Op {
+    /// Kinds of op, in the order of [`Op::kind`], as the `op` label of
+    /// `runbridge_store_writes_total`. A create that found a live duplicate
+    /// writes nothing and is counted apart.
+    const KINDS: [&'static str; 8] = [
+        "create",
+        "create_duplicate",
+        "save",
+        "forget_due",
+        "forget_dedupe",
+        "forget_runs",
+        "forget_index",
+        "meta",
+    ];
+
+    /// Index into [`Op::KINDS`] of this op once applied with `result`.
+    fn kind(&self, result: &Created) -> usize {
+        match self {
+            Op::Create { .. } if matches!(result, Created::Duplicate(_)) => 1,
+            Op::Create { .. } => 0,
+            Op::Save { .. } => 2,
+            Op::ForgetDue { .. } => 3,
+            Op::ForgetDedupe(_) => 4,
+            Op::ForgetRuns(_) => 5,
+            Op::ForgetIndex(_) => 6,
+            Op::PutMeta { .. } => 7,
+        }
+    }
+}
+
 type Reply = oneshot::Sender<Result<Created, StoreError>>;
 type Answers = Vec<(Reply, Result<Created, StoreError>)>;
 
@@ -339,6 +369,9 @@ fn apply_loop(
             }
         };
         let mut failed = false;
+        // Write operations applied, by kind: counted per batch, not per op,
+        // so counting costs one registry lookup per kind and batch.
+        let mut applied = [0u64; Op::KINDS.len()];
         let answers: Answers = jobs
             .into_iter()
             .map(|job| {
@@ -350,9 +383,17 @@ fn apply_loop(
                     shared.report(format!("write failed: {e}"));
                     backend(e)
                 });
+                if let Ok(created) = &result {
+                    applied[job.op.kind(created)] += 1;
+                }
                 (job.reply, result)
             })
             .collect();
+        for (op, n) in Op::KINDS.iter().zip(applied) {
+            if n > 0 {
+                metrics::counter!("runbridge_store_writes_total", "op" => *op).increment(n);
+            }
+        }
         tracing::trace!(
             writes = answers.len(),
             apply_us = started.elapsed().as_micros() as u64,
@@ -383,6 +424,9 @@ fn flush_loop(rx: std_mpsc::Receiver<(Arc<Inner>, Answers)>, shared: Arc<Shared>
                 StoreError::Backend(format!("flush failed: {e}"))
             })
         };
+        if flushed.is_ok() {
+            metrics::counter!("runbridge_store_flushes_total").increment(1);
+        }
         metrics::histogram!("runbridge_store_flush_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("runbridge_store_batch_writes")
