@@ -11,14 +11,18 @@ use super::{backend, decode};
 use crate::run::{Run, RunId};
 use crate::store::{DeliveryQuery, RunQuery, StoreError};
 
-/// One sorted source of candidate run ids. Its seeks come with upper
-/// bounds that never grow (the walk goes newest to oldest), so an answer
-/// already found at or below the new bound is still the answer: each
-/// prefix remembers its last one and is only walked again when passed.
+/// One sorted source of candidate run ids.
+///
+/// Every seek walks each prefix again rather than remembering its last
+/// answer: a run whose status or phase changes while a query walks moves
+/// its key from one prefix to another (new key first, old key last), and a
+/// remembered answer of the prefix it moved into would hide it, so a run
+/// could vanish from a route's listing while it changed state (seen in
+/// `tests/admin.rs` paging under load). Each seek is one short reverse range
+/// read per prefix.
 enum Stream<'a> {
-    /// Keys `prefix ++ id` in a tree, for any of these prefixes, each with
-    /// its last answer (`None`: not sought yet).
-    Prefixes(&'a sled::Tree, &'a [Vec<u8>], Vec<Option<Option<u128>>>),
+    /// Keys `prefix ++ id` in a tree, for any of these prefixes.
+    Prefixes(&'a sled::Tree, &'a [Vec<u8>]),
     /// Ids collected up front, ascending, with the key each came from.
     Ids(Vec<(u128, Vec<u8>)>),
 }
@@ -43,19 +47,13 @@ fn seek_prefix(
 }
 
 impl Stream<'_> {
-    /// The largest id of this stream within `lo..=hi`; `hi` must not
-    /// exceed that of the previous call.
+    /// The largest id of this stream within `lo..=hi`.
     fn seek(&mut self, lo: u128, hi: u128) -> Result<Option<u128>, StoreError> {
         match self {
-            Stream::Prefixes(tree, prefixes, last) => {
+            Stream::Prefixes(tree, prefixes) => {
                 let mut best = None;
-                for (p, last) in prefixes.iter().zip(last.iter_mut()) {
-                    let found = match *last {
-                        Some(known) if known.is_none_or(|id| id <= hi) => known,
-                        _ => seek_prefix(tree, p, lo, hi)?,
-                    };
-                    *last = Some(found);
-                    best = best.max(found);
+                for p in prefixes.iter() {
+                    best = best.max(seek_prefix(tree, p, lo, hi)?);
                 }
                 Ok(best)
             }
@@ -73,7 +71,7 @@ impl Stream<'_> {
     /// against the run).
     fn keys_of(&self, id: u128) -> Result<Vec<Vec<u8>>, StoreError> {
         match self {
-            Stream::Prefixes(tree, prefixes, _) => {
+            Stream::Prefixes(tree, prefixes) => {
                 let mut found = Vec::new();
                 for p in prefixes.iter() {
                     let k = [p, &id.to_be_bytes()[..]].concat();
@@ -172,10 +170,10 @@ pub(super) fn list_runs(
     streams.extend(
         prefixes
             .iter()
-            .map(|p| Stream::Prefixes(&trees.idx_runs, p, vec![None; p.len()])),
+            .map(|p| Stream::Prefixes(&trees.idx_runs, p)),
     );
 
-    if let [Stream::Prefixes(tree, [prefix], _)] = streams.as_slice() {
+    if let [Stream::Prefixes(tree, [prefix])] = streams.as_slice() {
         // One stream (route and status, the common case): one range walk.
         let start = [prefix, &lo.to_be_bytes()[..]].concat();
         let end = [prefix, &hi.to_be_bytes()[..]].concat();
