@@ -115,27 +115,32 @@ impl Scheduler {
         self.persist(&mut run).await
     }
 
-    /// Vendor run ids that other runs of the same provider and workflow own.
-    fn owned_elsewhere(&self, run: &Run) -> Vec<String> {
+    /// What other runs of the same provider and workflow claim: the vendor
+    /// run ids they own, and how many of them are starting without a
+    /// vendor run id yet (a start in flight, or interrupted too). Those may
+    /// own any unowned candidate, so a single candidate is not proof that
+    /// it is this run's: adopting it could track another run's vendor run
+    /// (seen in `tests/crash_loop.rs` under CPU load, where several starts
+    /// of one workflow were interrupted by the same kill).
+    fn claims_elsewhere(&self, run: &Run) -> Result<(Vec<String>, usize), StoreError> {
         let q = RunQuery {
+            provider: Some(run.provider().to_string()),
             limit: OWNERS_SCANNED,
             ..Default::default()
         };
-        match self.store.list_runs(&q) {
-            Ok(runs) => runs
-                .into_iter()
-                .filter(|r| {
-                    r.id() != run.id()
-                        && r.provider() == run.provider()
-                        && r.workflow_id() == run.workflow_id()
-                })
-                .filter_map(|r| r.vendor_run_id().clone())
-                .collect(),
-            Err(e) => {
-                tracing::warn!(run_id = %run.id(), error = %e, "cannot list runs for reconciliation");
-                Vec::new()
+        let mut owned = Vec::new();
+        let mut starting = 0;
+        for r in self.store.list_runs(&q)? {
+            if r.id() == run.id() || r.workflow_id() != run.workflow_id() {
+                continue;
+            }
+            match r.vendor_run_id() {
+                Some(v) => owned.push(v.clone()),
+                None if r.phase() == Phase::Starting => starting += 1,
+                None => {}
             }
         }
+        Ok((owned, starting))
     }
 
     pub(super) async fn start(&self, mut run: Run) -> Result<(), StoreError> {
@@ -175,13 +180,29 @@ impl Scheduler {
             let now = self.now();
             match result {
                 Ok(Reconciled::Candidates(found)) => {
-                    let owned = self.owned_elsewhere(&run);
+                    let (owned, claimants) = match self.claims_elsewhere(&run) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Without the other runs' claims no candidate
+                            // is safe to adopt: retry later.
+                            tracing::warn!(run_id = %run.id(), error = %e, "cannot list runs for reconciliation");
+                            let at = self.retry_at(s, &run, now, None);
+                            run.failed_call(now, format!("reconcile: {e}"), at);
+                            return self.persist(&mut run).await;
+                        }
+                    };
                     let mine: Vec<String> =
                         found.into_iter().filter(|v| !owned.contains(v)).collect();
                     match mine.len() {
                         0 => {
                             tracing::info!(run_id = %run.id(), "interrupted start created no vendor run; starting again");
                             run.start_not_created();
+                        }
+                        1 if claimants > 0 => {
+                            tracing::warn!(run_id = %run.id(), starting_elsewhere = claimants, "interrupted start is ambiguous: other starts of this workflow may own the one candidate; failing with start_uncertain");
+                            let r = run.start_uncertain(now, mine, &targets);
+                            checked(&run, r);
+                            return self.persist(&mut run).await;
                         }
                         1 => {
                             let vid = mine.into_iter().next().unwrap_or_default();

@@ -455,6 +455,26 @@ async fn an_interrupted_start_with_no_candidate_starts_once() {
 }
 
 #[tokio::test]
+async fn one_candidate_is_not_adopted_while_another_start_of_the_workflow_is_unresolved() {
+    // Two starts of one workflow were interrupted by the same crash; the
+    // vendor lists one run, which may be either's: adopting it could track
+    // the other run's vendor run (found by tests/crash_loop.rs under load).
+    let v = fake(false, CancelSupport::Vendor);
+    *v.listed.lock().unwrap() = vec!["v_someone".into()];
+    let h = Harness::new(v);
+    let _other = interrupted(&h).await;
+    let id = interrupted(&h).await;
+    let r = h.step(id).await;
+    assert_eq!(
+        r.error().as_ref().unwrap()["code"],
+        "start_uncertain",
+        "{r:?}"
+    );
+    assert!(r.vendor_run_id().is_none(), "never adopted");
+    assert_eq!(h.calls(), ["reconcile"]);
+}
+
+#[tokio::test]
 async fn an_ambiguous_start_fails_with_start_uncertain() {
     let v = fake(false, CancelSupport::Vendor);
     *v.listed.lock().unwrap() = vec!["a".into(), "b".into()];
