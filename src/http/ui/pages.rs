@@ -7,6 +7,7 @@ use super::{authorize_post, field, form, html_page, require, Refused, SignedIn, 
 use crate::admin::idempotency::{self, Claim, Stored};
 use crate::admin::view::{DeliveryFilter, RunFilter};
 use crate::admin::AdminError;
+use crate::http::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -35,33 +36,23 @@ fn opt(q: &[(String, String)], name: &str) -> Option<String> {
     field(q, name).map(str::to_string)
 }
 
-/// An admin error as a page with the matching status (internal details
-/// are logged, not shown).
+/// An admin error as a page with the status the admin API answers for it
+/// (`ApiError`, the one mapping); internal details are logged, not shown.
 impl From<AdminError> for Refused {
     fn from(e: AdminError) -> Self {
-        let (status, msg) = match &e {
-            AdminError::Unauthorized => return Refused::SignIn,
-            AdminError::Disabled => (StatusCode::FORBIDDEN, e.to_string()),
-            AdminError::Forbidden => (StatusCode::FORBIDDEN, e.to_string()),
-            AdminError::NotFound { message, .. } => (StatusCode::NOT_FOUND, message.clone()),
-            AdminError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
-            AdminError::Conflict { message, .. } | AdminError::ConflictWith { message, .. } => {
-                (StatusCode::CONFLICT, message.clone())
-            }
-            AdminError::Store(_) => {
-                tracing::warn!(error = %e, "console: store unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The store cannot answer now; try again shortly.".into(),
-                )
-            }
-            AdminError::Internal(_) => {
-                tracing::error!(error = %e, "console: internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Something failed inside runbridge; see its log.".into(),
-                )
-            }
+        if matches!(e, AdminError::Unauthorized) {
+            return Refused::SignIn;
+        }
+        let e = ApiError::Admin(e);
+        let status = e.status();
+        let msg = if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %e, "console: store unavailable");
+            "The store cannot answer now; try again shortly.".to_string()
+        } else if status.is_server_error() {
+            tracing::error!(error = %e, "console: internal error");
+            "Something failed inside runbridge; see its log.".to_string()
+        } else {
+            e.to_string()
         };
         Refused::Message(status, msg)
     }
