@@ -201,6 +201,11 @@ impl Store for GatedStore {
         Ok(())
     }
 
+    async fn save_quiet(&self, run: &Run) -> Result<(), StoreError> {
+        // A quiet change never ends a run.
+        self.inner.save_quiet(run).await
+    }
+
     fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         self.inner.get_run(id)
     }

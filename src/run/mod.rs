@@ -10,6 +10,7 @@ mod access;
 mod cancel;
 mod delivery;
 mod id;
+mod quiet;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ pub use delivery::{
     Attempt, Delivery, DeliveryState, EventRecord, Target, DEFAULT_EVENTS, EVENT_TYPES,
 };
 pub use id::RunId;
+pub use quiet::QuietState;
 pub use status::{Observation, Phase, RunStatus, StatusChange};
 
 use crate::time::Timestamp;

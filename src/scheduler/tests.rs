@@ -39,6 +39,9 @@ impl Store for Flaky {
         }
         self.inner.save_run(run).await
     }
+    async fn save_quiet(&self, run: &Run) -> Result<(), StoreError> {
+        self.inner.save_quiet(run).await
+    }
     fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         self.inner.get_run(id)
     }

@@ -155,6 +155,18 @@ pub trait Store: Send + Sync + 'static {
     /// replace the previous ones. Resolves once durable.
     async fn save_run(&self, run: &Run) -> Result<(), StoreError>;
 
+    /// Records a transition a restart does not need: the run changed only
+    /// in its quiet fields ([`crate::run::QuietState`]: a poll that changed
+    /// nothing). Reads and the due index see it at once, but nothing is
+    /// written durably: after a crash the run reads as its last durable
+    /// save and comes due at that save's due time (spread at open). A
+    /// later [`Store::save_run`] of the run persists the whole record.
+    /// Callers check [`Run::changed_only_quietly`] first. The default is a
+    /// durable save (always correct, never quiet).
+    async fn save_quiet(&self, run: &Run) -> Result<(), StoreError> {
+        self.save_run(run).await
+    }
+
     /// One run.
     fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError>;
 
