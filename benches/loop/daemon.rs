@@ -18,10 +18,24 @@ pub(crate) fn newest_mtime(path: &Path, newest: &mut SystemTime) {
     }
 }
 
-/// The release binary, rebuilt first if missing or older than the sources.
+/// Names the daemon binary to measure instead of this checkout's release build.
+pub(crate) const BIN_ENV: &str = "BENCH_BIN";
+
+/// The release binary (or [`BIN_ENV`]'s), rebuilt first if missing or older than the sources.
 /// (`cargo bench` builds it already, as it does every binary of the package
 /// for benches; the check covers sources edited since.)
 pub(crate) fn daemon_binary() -> Result<PathBuf, String> {
+    // Another build (e.g. the release before a change), for before/after
+    // figures taken in the same run conditions.
+    if let Some(bin) = std::env::var_os(BIN_ENV) {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            eprintln!("using {} ({BIN_ENV})", bin.display());
+            Ok(bin)
+        } else {
+            Err(format!("{BIN_ENV}={} is not a file", bin.display()))
+        };
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = option_env!("CARGO_BIN_EXE_runbridge")
         .map(PathBuf::from)
