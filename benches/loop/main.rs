@@ -13,6 +13,9 @@
 //!   start -> poll -> deliver) to a verifying receiver in this process.
 //! * `memory`:    resident memory with 100,000 runs in flight, store size on
 //!   disk, and the resume time after a SIGKILL on the same store.
+//! * `million` (opt-in, never part of `all`): 1,000,000 tracked runs seeded
+//!   through the store, then start time, memory per run beyond the base and
+//!   the cache, and restart after a SIGKILL (`million.rs`).
 //!
 //! ```sh
 //! cargo bench --bench loop                      # all four
@@ -22,7 +25,9 @@
 //!
 //! Environment: `BENCH_SECONDS` (measured ingress seconds, 10),
 //! `BENCH_WARMUP` (ingress warm-up seconds, 2), `BENCH_CALLBACKS` (20000),
-//! `BENCH_RUNS` (100000), `BENCH_CONNECTIONS` (64), `BENCH_REBUILD=1` (run
+//! `BENCH_RUNS` (100000), `BENCH_MILLION` (1000000), `BENCH_CONNECTIONS`
+//! (64), `BENCH_BIN=<path>` (measure that binary instead, e.g. the release
+//! before a change), `BENCH_REBUILD=1` (run
 //! `cargo build --release --bin runbridge` first even if the binary looks
 //! fresh), `BENCH_DIR` (where the
 //! temporary stores go; default: cargo's target tmp dir, on the same disk as
@@ -51,6 +56,7 @@ mod daemon;
 mod ingress;
 mod load;
 mod memory;
+mod million;
 mod reference;
 
 use callbacks::*;
@@ -58,8 +64,11 @@ use daemon::*;
 use ingress::*;
 use load::*;
 use memory::*;
+use million::*;
 use reference::*;
 
+/// The bench config's `storage.cache_capacity` (the fixed base of memory figures).
+const SLED_CACHE_BYTES: u64 = 64 << 20;
 const ADMIN_TOKEN: &str = "bench";
 const GH_SECRET: &str = "bench-secret";
 const CALLBACK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -91,6 +100,8 @@ struct Opts {
     reference: bool,
     callbacks_on: bool,
     memory: bool,
+    /// Opt-in only (not part of `all`): seeds a million runs.
+    million: bool,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -112,19 +123,20 @@ impl Opts {
                 continue;
             }
             match a.as_str() {
-                "ingress" | "reference" | "callbacks" | "memory" => picked.push(a),
+                "ingress" | "reference" | "callbacks" | "memory" | "million" => picked.push(a),
                 "all" => picked.extend(
                     ["ingress", "reference", "callbacks", "memory"].map(String::from),
                 ),
                 other => {
                     return Err(format!(
-                        "unknown scenario {other:?}; expected ingress, reference, callbacks, memory or all"
+                        "unknown scenario {other:?}; expected ingress, reference, callbacks, memory, million or all"
                     ))
                 }
             }
         }
         let all = picked.is_empty();
         let has = |s: &str| all || picked.iter().any(|p| p == s);
+        let million = picked.iter().any(|p| p == "million");
         let dir = std::env::var_os("BENCH_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
@@ -140,6 +152,7 @@ impl Opts {
             reference: has("ingress") || has("reference"),
             callbacks_on: has("callbacks"),
             memory: has("memory"),
+            million,
         })
     }
 }
@@ -272,6 +285,12 @@ async fn run_all(opts: &Opts, rep: &mut Report) -> Result<(), String> {
         if let Err(e) = memory(opts, &bin, ticks, rep).await {
             println!("  !! memory failed: {e}");
             failures.push(format!("memory: {e}"));
+        }
+    }
+    if opts.million {
+        if let Err(e) = million(opts, &bin, ticks, rep).await {
+            println!("  !! million failed: {e}");
+            failures.push(format!("million: {e}"));
         }
     }
     if failures.is_empty() {

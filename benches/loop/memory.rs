@@ -25,7 +25,6 @@ pub(crate) async fn memory(
         "\n[memory] {n} runs in flight (simulated 1h runs, polled every 10m), then SIGKILL and restart"
     );
     println!("  (storage.cache_capacity = 64MiB bounds sled's page cache)");
-    const SLED_CACHE_BYTES: u64 = 64 << 20;
     let route = RouteCfg {
         poll_interval: "10m",
         max_poll_interval: "10m",
