@@ -115,7 +115,6 @@ pub(super) struct IndexMeta {
     status: RunStatus,
     #[serde(default)]
     delivery_id: Option<String>,
-    pub(super) due_at: Option<Timestamp>,
     #[serde(default)]
     deliveries: Vec<DeliveryMeta>,
 }
@@ -159,7 +158,6 @@ impl IndexMeta {
             phase: run.phase(),
             status: run.status(),
             delivery_id: run.delivery_id().clone(),
-            due_at: run.due_at(),
             deliveries: run
                 .deliveries()
                 .iter()

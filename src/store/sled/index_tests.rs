@@ -4,6 +4,7 @@
 //! stale or missing keys.
 
 use super::index::IndexMeta;
+use super::tests::reopen;
 use super::*;
 use crate::run::{Attempt, DeliveryState, Observation, RunSpec, RunStatus, Target};
 use crate::store::memory::MemoryStore;
@@ -474,13 +475,13 @@ async fn a_store_written_before_the_index_gets_it_built_once() {
         .collect();
     assert!(!want.is_empty());
     {
-        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path()).await;
         assert!(store.index_built_at_open().is_some(), "built at open");
         assert_index_consistent(&store);
         assert_eq!(ids(&store.list_runs(&q).unwrap()), want);
         store.close().await.unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert!(store.index_built_at_open().is_none(), "not built again");
     assert_eq!(ids(&store.list_runs(&q).unwrap()), want);
     store.close().await.unwrap();
@@ -495,7 +496,7 @@ async fn a_store_written_before_the_index_gets_it_built_once() {
         assert_eq!(store.list_runs(&q).unwrap().len(), want.len(), "scans");
         store.close().await.unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert!(store.index_built_at_open().is_some());
     assert_index_consistent(&store);
 }
@@ -552,7 +553,7 @@ async fn the_index_stays_consistent_across_reopen_and_repairs_a_crash() {
         .map(|r| r.id())
         .collect();
     {
-        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path()).await;
         assert_index_consistent(&store);
         assert_eq!(ids(&store.list_runs(&q).unwrap()), want);
         store.close().await.unwrap();
@@ -568,7 +569,7 @@ async fn the_index_stays_consistent_across_reopen_and_repairs_a_crash() {
         db.remove(CLEAN_MARKER).unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert!(
         store.index_built_at_open().is_none(),
         "verified, not rebuilt"

@@ -1,12 +1,18 @@
 //! The embedded default store on sled 0.34.
 //!
 //! Trees: `runs` (run id -> JSON record), `dedupe` (route NUL delivery id ->
-//! run id ++ expiry), `due` (due ms big-endian ++ run id -> empty), so a
-//! range scan up to "now" yields due runs in time order, `meta` (operator
-//! settings), and the index trees `idx_runs` and `idx_deliveries` (see
-//! `index.rs`), which the applier keeps with each run in the same batch and
-//! the admin queries walk newest first (`query.rs`). A store written before
-//! the index existed gets it built once at open (marker `runbridge.index`).
+//! run id ++ expiry), `meta` (operator settings), and the index trees
+//! `idx_runs` and `idx_deliveries` (see `index.rs`), which the applier keeps
+//! with each run in the same batch and the admin queries walk newest first
+//! (`query.rs`). A store written before the index existed gets it built once
+//! at open (marker `runbridge.index`).
+//!
+//! The due index lives in memory only (`due.rs`): rebuilt at every open from
+//! the runs' own `due_at`, with overdue tracked runs spread over a short
+//! window. Beside it, the quiet overlay keeps transitions a restart does not
+//! need ([`Store::save_quiet`]) without writing them; reads lay it over the
+//! record. A store written by a version with an on-disk `due` tree has that
+//! tree dropped at open.
 //!
 //! Group commit: callers send encoded writes to one applier thread, which
 //! applies each batch (in a crash-safe write order, see [`Trees`]) and hands
@@ -23,8 +29,8 @@
 //! recovery thread retries with backoff (250 ms doubling to 2 s). Each
 //! attempt first checks that the filesystem takes a small file, then drops
 //! every sled handle (which releases sled's directory lock and its sticky
-//! error), opens the directory again in-process, reloads the due index,
-//! repairs it, and confirms with a probe write and flush. Writes that were
+//! error), opens the directory again in-process, rebuilds the due index
+//! (dropping the quiet overlay), and confirms with a probe write and flush. Writes that were
 //! never flushed are gone, as after a crash; the reopened store holds the
 //! last durable state and callers persist their transitions again.
 
@@ -39,14 +45,16 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+mod due;
 mod fault;
 mod index;
 mod query;
 mod trees;
 
+use due::DueIndex;
 use fault::{recover_loop, FaultCell, Shared};
 use index::IndexKeys;
-use trees::{parse_dedupe_value, DueIndex, IndexRepair, RetentionMeta, StaleKey, Trees};
+use trees::{parse_dedupe_value, IndexRepair, RetentionMeta, StaleKey, Trees};
 
 /// Default-tree key holding the index layout version once the index is
 /// complete (absent in stores written before the index existed).
@@ -72,10 +80,6 @@ enum Op {
         due: Option<Timestamp>,
         index: IndexKeys,
     },
-    ForgetDue {
-        at: Timestamp,
-        id: RunId,
-    },
     /// Dedupe records seen expired by the sweeper: (key, stored value).
     ForgetDedupe(Vec<(sled::IVec, sled::IVec)>),
     /// Finished runs past retention: (run key, stored record as seen), each
@@ -84,21 +88,17 @@ enum Op {
     /// Index keys readers found stale; each removed only if still stale.
     ForgetIndex(Vec<StaleKey>),
     /// An operator setting: set, or with `None` removed.
-    PutMeta {
-        key: String,
-        value: Option<Vec<u8>>,
-    },
+    PutMeta { key: String, value: Option<Vec<u8>> },
 }
 
 impl Op {
     /// Kinds of op, in the order of [`Op::kind`], as the `op` label of
     /// `runbridge_store_writes_total`. A create that found a live duplicate
     /// writes nothing and is counted apart.
-    const KINDS: [&'static str; 8] = [
+    const KINDS: [&'static str; 7] = [
         "create",
         "create_duplicate",
         "save",
-        "forget_due",
         "forget_dedupe",
         "forget_runs",
         "forget_index",
@@ -111,11 +111,10 @@ impl Op {
             Op::Create { .. } if matches!(result, Created::Duplicate(_)) => 1,
             Op::Create { .. } => 0,
             Op::Save { .. } => 2,
-            Op::ForgetDue { .. } => 3,
-            Op::ForgetDedupe(_) => 4,
-            Op::ForgetRuns(_) => 5,
-            Op::ForgetIndex(_) => 6,
-            Op::PutMeta { .. } => 7,
+            Op::ForgetDedupe(_) => 3,
+            Op::ForgetRuns(_) => 4,
+            Op::ForgetIndex(_) => 5,
+            Op::PutMeta { .. } => 6,
         }
     }
 }
@@ -160,11 +159,17 @@ impl Inner {
                     StoreError::Backend(format!("cannot open {}: {text}", path.display()))
                 }
             })?;
-        let trees = Trees {
+        // Written by versions that kept the due index on disk: the index is
+        // rebuilt from the runs at every open now (see `due.rs`).
+        if db.tree_names().iter().any(|n| n.as_ref() == b"due") {
+            db.drop_tree("due").map_err(backend)?;
+            tracing::info!("dropped the on-disk due index of an older version (once)");
+        }
+        let mut trees = Trees {
             runs: db.open_tree("runs").map_err(backend)?,
             dedupe: db.open_tree("dedupe").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
-            due: DueIndex::load(db.open_tree("due").map_err(backend)?)?,
+            due: Arc::new(DueIndex::default()),
             idx_runs: db.open_tree("idx_runs").map_err(backend)?,
             idx_deliveries: db.open_tree("idx_deliveries").map_err(backend)?,
             indexed,
@@ -192,7 +197,8 @@ impl Inner {
             trees.idx_deliveries.clear().map_err(backend)?;
             tracing::info!(runs = trees.runs.len(), "building the run index (once)");
         }
-        let unfinished = trees.repair(mode)?;
+        let (unfinished, due) = trees.repair(mode)?;
+        trees.due = Arc::new(due);
         let mut index_built = None;
         if mode == IndexRepair::Build {
             db.insert(INDEX_MARKER, index::VERSION).map_err(backend)?;
@@ -478,6 +484,14 @@ impl Store for SledStore {
         self.submit(op).await
     }
 
+    async fn save_quiet(&self, run: &Run) -> Result<(), StoreError> {
+        // Memory only, no flush: the overlay and the due index take it at
+        // once; a later durable save of the run drops the overlay.
+        self.inner()?.trees.due.quiet(run.id(), run.quiet_state());
+        metrics::counter!("runbridge_store_quiet_saves_total").increment(1);
+        Ok(())
+    }
+
     async fn save_run(&self, run: &Run) -> Result<(), StoreError> {
         let op = Op::Save {
             id: run.id(),
@@ -491,7 +505,7 @@ impl Store for SledStore {
     fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         let inner = self.inner()?;
         match inner.trees.runs.get(id.to_bytes()).map_err(backend)? {
-            Some(v) => decode(&v).map(Some),
+            Some(v) => inner.trees.read(&v).map(Some),
             None => Ok(None),
         }
     }
@@ -533,9 +547,9 @@ impl Store for SledStore {
         skip: &dyn Fn(RunId) -> bool,
     ) -> Result<Vec<(Timestamp, RunId)>, StoreError> {
         let inner = self.inner()?;
-        let entries = inner.trees.due.entries();
-        Ok(entries
-            .range(..=(until, RunId::MAX))
+        let due = inner.trees.due.lock();
+        Ok(due
+            .range(until)
             .filter(|(_, id)| !skip(*id))
             .take(limit)
             .copied()
@@ -547,7 +561,7 @@ impl Store for SledStore {
     }
 
     fn due_len(&self) -> Result<usize, StoreError> {
-        Ok(self.inner()?.trees.due.entries().len())
+        Ok(self.inner()?.trees.due.lock().len())
     }
 
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
@@ -588,7 +602,9 @@ impl Store for SledStore {
     }
 
     async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError> {
-        self.submit(Op::ForgetDue { at, id }).await.map(|_| ())
+        // Memory only: the index is rebuilt from the records at open.
+        self.inner()?.trees.due.forget(at, id);
+        Ok(())
     }
 
     async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError> {

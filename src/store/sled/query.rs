@@ -2,12 +2,12 @@
 //! walk the index newest first, load each candidate run and check the whole
 //! query against it, stop at the limit.
 
+use super::backend;
 use super::index::{
     after_route, id_num, needs_routes, plan_deliveries, plan_runs, route_of, routes_start,
     DeliveryPlan, IndexMeta, Plan, DELIVERY_SUFFIX, ID_LEN,
 };
 use super::trees::{IndexTree, StaleKey, Trees};
-use super::{backend, decode};
 use crate::run::{Run, RunId};
 use crate::store::{DeliveryQuery, RunQuery, StoreError};
 
@@ -103,7 +103,7 @@ fn run_id(n: u128) -> RunId {
 /// The run `id`, if stored and decodable.
 fn load(trees: &Trees, id: u128) -> Result<Option<Run>, StoreError> {
     match trees.runs.get(id.to_be_bytes()).map_err(backend)? {
-        Some(v) => decode(&v).map(Some),
+        Some(v) => trees.read(&v).map(Some),
         None => Ok(None),
     }
 }
@@ -138,7 +138,7 @@ pub(super) fn list_runs(
             let range = trees.runs.range(lo.to_be_bytes()..=hi.to_be_bytes());
             for item in range.rev() {
                 let (_, v) = item.map_err(backend)?;
-                let run = decode(&v)?;
+                let run = trees.read(&v)?;
                 if q.matches(&run) {
                     out.push(run);
                     if out.len() >= q.limit {
@@ -359,7 +359,7 @@ fn scan_deliveries(trees: &Trees, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, 
     let mut out = Vec::new();
     for item in iter.rev() {
         let (_, v) = item.map_err(backend)?;
-        let run = decode(&v)?;
+        let run = trees.read(&v)?;
         if !q.matches_run(&run) {
             continue;
         }

@@ -1,70 +1,13 @@
 //! The trees and their crash-safe write order, applied by the one applier thread.
 
+use super::due::DueIndex;
 use super::index::{IndexKeys, IndexMeta};
-use super::{backend, Op};
-use crate::run::{Phase, RunId};
+use super::{backend, decode, Op};
+use crate::run::{Phase, QuietState, Run, RunId};
 use crate::store::{Created, DedupeKey, StoreError};
 use crate::time::Timestamp;
 use serde::Deserialize;
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-
-pub(super) fn due_key(at: Timestamp, id: RunId) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&at.0.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_bytes());
-    k
-}
-
-pub(super) fn parse_due_key(k: &[u8]) -> Option<(Timestamp, RunId)> {
-    let ms = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    let id: [u8; 16] = k.get(8..24)?.try_into().ok()?;
-    Some((Timestamp(ms), RunId::from_bytes(id)))
-}
-
-/// The due index: the sled tree is the durable copy; an in-memory ordered
-/// mirror answers the scheduler's frequent scans without walking sled pages
-/// (about 40 bytes per unfinished run). Only the applier thread writes it.
-#[derive(Clone)]
-pub(super) struct DueIndex {
-    pub(super) tree: sled::Tree,
-    pub(super) mirror: Arc<Mutex<BTreeSet<(Timestamp, RunId)>>>,
-}
-
-impl DueIndex {
-    pub(super) fn load(tree: sled::Tree) -> Result<Self, StoreError> {
-        let mut mirror = BTreeSet::new();
-        for item in tree.iter().keys() {
-            if let Some(entry) = parse_due_key(&item.map_err(backend)?) {
-                mirror.insert(entry);
-            }
-        }
-        Ok(DueIndex {
-            tree,
-            mirror: Arc::new(Mutex::new(mirror)),
-        })
-    }
-
-    pub(super) fn entries(&self) -> std::sync::MutexGuard<'_, BTreeSet<(Timestamp, RunId)>> {
-        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn insert(&self, at: Timestamp, id: RunId) -> sled::Result<()> {
-        self.tree.insert(due_key(at, id), &[])?;
-        self.entries().insert((at, id));
-        Ok(())
-    }
-
-    pub(super) fn remove(&self, at: Timestamp, id: RunId) -> sled::Result<()> {
-        self.tree.remove(due_key(at, id))?;
-        self.entries().remove(&(at, id));
-        Ok(())
-    }
-
-    pub(super) fn contains(&self, at: Timestamp, id: RunId) -> bool {
-        self.entries().contains(&(at, id))
-    }
-}
+use std::sync::Arc;
 
 /// A dedupe record's value: the run id, then the expiry (ms, big-endian).
 pub(super) fn dedupe_value(id: RunId, expires_at: Timestamp) -> [u8; 24] {
@@ -89,12 +32,29 @@ pub(super) fn dedupe_key(d: &DedupeKey) -> Vec<u8> {
     k
 }
 
-/// The fields of a stored run the store itself needs (serde skips the rest).
+/// The fields of a stored run the store itself needs at open (serde skips
+/// the rest): whether it is unfinished, and its quiet fields (due time).
 #[derive(Deserialize)]
 pub(super) struct RunMeta {
     pub(super) id: RunId,
     pub(super) phase: Phase,
     pub(super) due_at: Option<Timestamp>,
+    #[serde(default)]
+    pub(super) polls: u32,
+    pub(super) updated_at: Timestamp,
+    #[serde(default)]
+    pub(super) poll_at: Option<Timestamp>,
+}
+
+impl RunMeta {
+    fn quiet(&self) -> QuietState {
+        QuietState {
+            polls: self.polls,
+            updated_at: self.updated_at,
+            due_at: self.due_at,
+            poll_at: self.poll_at,
+        }
+    }
 }
 
 /// The fields retention needs: when a finished run last changed, and the
@@ -105,7 +65,6 @@ pub(super) struct RetentionMeta {
     pub(super) route: String,
     pub(super) phase: Phase,
     pub(super) updated_at: Timestamp,
-    pub(super) due_at: Option<Timestamp>,
     #[serde(default)]
     pub(super) delivery_id: Option<String>,
 }
@@ -116,25 +75,27 @@ pub(super) struct RetentionMeta {
 /// every later read take a global lock, which stalls readers (the scheduler,
 /// the admin API) behind each write. The single applier already serializes
 /// writes; crash consistency comes from the write order instead:
-/// - create: dedupe key, then index keys, then run, then due entry. A dedupe
-///   key whose run is missing is ignored; index keys whose run is missing
-///   are skipped by readers (and queued for removal); a run without its due
-///   entry is repaired at open.
-/// - save: new index keys and new due entry, then run, then removal of the
-///   old index keys and the old due entry. A durable run therefore always
-///   has its index keys; an index key that disagrees with its run is stale:
-///   readers re-check every run against the whole query, so it costs one
-///   lookup and is queued for removal ([`Op::ForgetIndex`]). A due entry
-///   that disagrees with its run's `due_at` is stale and is dropped when it
-///   comes due ([`crate::store::Store::forget_due`]).
-/// - retention: dedupe key, due entry, run, then its index keys.
+/// - create: dedupe key, then index keys, then run. A dedupe key whose run
+///   is missing is ignored; index keys whose run is missing are skipped by
+///   readers (and queued for removal).
+/// - save: new index keys, then run, then removal of the old index keys. A
+///   durable run therefore always has its index keys; an index key that
+///   disagrees with its run is stale: readers re-check every run against
+///   the whole query, so it costs one lookup and is queued for removal
+///   ([`Op::ForgetIndex`]).
+/// - retention: dedupe key, run, then its index keys.
+///
+/// The due index and the quiet overlay (`due.rs`) are updated in memory
+/// once a run's record is applied; they need no durable copy, since the
+/// open rebuilds them from the records.
 #[derive(Clone)]
 pub(super) struct Trees {
     pub(super) runs: sled::Tree,
     pub(super) dedupe: sled::Tree,
     /// Operator settings ([`crate::store::Store::put_meta`]): key -> bytes.
     pub(super) meta: sled::Tree,
-    pub(super) due: DueIndex,
+    /// Due index and quiet overlay, memory only (see `due.rs`).
+    pub(super) due: Arc<DueIndex>,
     /// Secondary index of runs (see `index.rs`): key -> empty.
     pub(super) idx_runs: sled::Tree,
     /// Failing and dead deliveries (see `index.rs`): key -> empty.
@@ -188,9 +149,7 @@ impl Trees {
                 }
                 self.insert_keys(index)?;
                 self.runs.insert(id.to_bytes(), record.as_slice())?;
-                if let Some(at) = at {
-                    self.due.insert(*at, *id)?;
-                }
+                self.due.saved(*id, *at);
                 Ok(Created::New)
             }
             Op::Save {
@@ -200,28 +159,19 @@ impl Trees {
                 index,
             } => {
                 let key = id.to_bytes();
-                let old = self.runs.get(key)?;
-                let (old_at, old_keys) = match &old {
-                    Some(old) if self.indexed => match IndexMeta::decode(old) {
-                        Some(m) => (m.due_at, m.keys()),
-                        None => (due_of(old), IndexKeys::default()),
-                    },
-                    Some(old) => (due_of(old), IndexKeys::default()),
-                    None => (None, IndexKeys::default()),
+                let old_keys = match self.indexed {
+                    true => self
+                        .runs
+                        .get(key)?
+                        .and_then(|old| IndexMeta::decode(&old))
+                        .map(|m| m.keys())
+                        .unwrap_or_default(),
+                    false => IndexKeys::default(),
                 };
                 self.insert_keys(&index.minus(&old_keys))?;
-                if let Some(at) = at {
-                    self.due.insert(*at, *id)?;
-                }
                 self.runs.insert(key, record.as_slice())?;
                 self.remove_keys(&old_keys.minus(index))?;
-                if let Some(old_at) = old_at.filter(|o| Some(*o) != *at) {
-                    self.due.remove(old_at, *id)?;
-                }
-                Ok(Created::New)
-            }
-            Op::ForgetDue { at, id } => {
-                self.due.remove(*at, *id)?;
+                self.due.saved(*id, *at);
                 Ok(Created::New)
             }
             Op::ForgetDedupe(expired) => {
@@ -259,10 +209,8 @@ impl Trees {
                             self.dedupe.remove(dk)?;
                         }
                     }
-                    if let Some(at) = m.due_at {
-                        self.due.remove(at, m.id)?;
-                    }
                     self.runs.remove(key)?;
+                    self.due.removed(m.id);
                     if let Some(m) = IndexMeta::decode(record).filter(|_| self.indexed) {
                         self.remove_keys(&m.keys())?;
                     }
@@ -355,14 +303,15 @@ impl Trees {
         }
     }
 
-    /// Re-creates the due entry of every unfinished run that lacks one (a
-    /// crash between the writes of one operation), counts unfinished runs,
-    /// and builds or verifies the index as `index` says (in the same pass,
-    /// so a store without an index pays one extra walk of its runs, once).
-    /// Stale index keys are left to readers, which skip and queue them.
-    pub(super) fn repair(&self, index: IndexRepair) -> Result<usize, StoreError> {
-        let mut unfinished = 0;
-        let mut repaired = 0;
+    /// Builds the due index from the runs' own records (see `due.rs`),
+    /// counts unfinished runs, and builds or verifies the index as `index`
+    /// says (in the same pass, so a store without an index pays one extra
+    /// walk of its runs, once). Stale index keys are left to readers, which
+    /// skip and queue them.
+    pub(super) fn repair(&self, index: IndexRepair) -> Result<(usize, DueIndex), StoreError> {
+        let now = Timestamp::now();
+        let mut due = Vec::new();
+        let mut overdue = Vec::new();
         let mut keys_added = 0;
         for item in self.runs.iter() {
             let (k, v) = item.map_err(backend)?;
@@ -379,29 +328,27 @@ impl Trees {
                     self.insert_keys(&m.keys()).map_err(backend)?;
                 }
             }
-            if meta.phase == Phase::Done {
-                continue;
+            match (meta.phase, meta.due_at) {
+                (Phase::Done, _) => {}
+                // Accepted, starting and terminal runs resume at once.
+                (Phase::Tracking, Some(at)) if at <= now => overdue.push((meta.id, meta.quiet())),
+                (_, at) => due.push((at.unwrap_or(now), meta.id)),
             }
-            unfinished += 1;
-            let at = meta.due_at.unwrap_or_else(Timestamp::now);
-            if !self.due.contains(at, meta.id) {
-                self.due.insert(at, meta.id).map_err(backend)?;
-                repaired += 1;
-            }
-        }
-        if repaired > 0 {
-            tracing::warn!(repaired, "restored due entries of runs cut off by a crash");
         }
         if keys_added > 0 {
             tracing::warn!(keys_added, "restored index keys of runs cut off by a crash");
         }
-        Ok(unfinished)
+        let unfinished = due.len() + overdue.len();
+        Ok((unfinished, DueIndex::build(due, overdue, now)))
     }
-}
 
-/// The `due_at` of a stored record, when its index fields cannot be read.
-fn due_of(record: &[u8]) -> Option<Timestamp> {
-    serde_json::from_slice::<RunMeta>(record)
-        .ok()
-        .and_then(|m| m.due_at)
+    /// A stored record as reads see it: with its overlay, if the run's last
+    /// transition was quiet.
+    pub(super) fn read(&self, record: &[u8]) -> Result<Run, StoreError> {
+        let run = decode(record)?;
+        Ok(match self.due.overlay(run.id()) {
+            Some(q) => run.with_quiet(q),
+            None => run,
+        })
+    }
 }
