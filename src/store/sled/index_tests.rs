@@ -86,12 +86,13 @@ fn keys(tree: &sled::Tree) -> BTreeSet<Vec<u8>> {
 }
 
 /// The index holds exactly the keys its runs call for.
-fn assert_index_consistent(store: &SledStore) {
+pub(super) fn assert_index_consistent(store: &SledStore) {
     let trees = store.inner().unwrap().trees.clone();
     let (mut runs, mut deliveries) = (BTreeSet::new(), BTreeSet::new());
-    for item in trees.runs.iter() {
-        let (_, v) = item.unwrap();
-        let k = IndexMeta::decode(&v).unwrap().keys();
+    for item in trees.state.iter() {
+        let (id, state) = item.unwrap();
+        let fixed = trees.runs.get(&id).unwrap().unwrap();
+        let k = IndexMeta::decode(&fixed, &state).unwrap().keys();
         runs.extend(k.runs);
         deliveries.extend(k.deliveries);
     }
@@ -449,13 +450,13 @@ async fn a_store_written_before_the_index_gets_it_built_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut runs = Vec::new();
     {
-        // What the previous version wrote: runs and due entries, no index.
+        // What an older version wrote: whole records, no index.
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("runs").unwrap();
         for i in 0..20 {
             let mut run = accepted(&format!("r{}", i % 2), "p", None);
             advance(&mut run, i);
-            tree.insert(run.id().to_bytes(), encode(&run).unwrap())
+            tree.insert(run.id().to_bytes(), serde_json::to_vec(&run).unwrap())
                 .unwrap();
             runs.push(run);
         }

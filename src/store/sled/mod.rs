@@ -1,7 +1,11 @@
 //! The embedded default store on sled 0.34.
 //!
-//! Trees: `runs` (run id -> JSON record), `dedupe` (route NUL delivery id ->
-//! run id ++ expiry), `meta` (operator settings), and the index trees
+//! Trees: a run is two JSON records under its id (`crate::run::record`):
+//! `runs` holds what never changes after acceptance (route, provider,
+//! workflow, inputs, delivery id), written once at create, and `state` the
+//! small mutable rest, which each durable transition rewrites alone.
+//! `dedupe` (route NUL delivery id -> run id ++ expiry), `meta` (operator
+//! settings), and the index trees
 //! `idx_runs` and `idx_deliveries` (see `index.rs`), which the applier keeps
 //! with each run in the same batch and the admin queries walk newest first
 //! (`query.rs`). A store written before the index existed gets it built once
@@ -12,7 +16,8 @@
 //! window. Beside it, the quiet overlay keeps transitions a restart does not
 //! need ([`Store::save_quiet`]) without writing them; reads lay it over the
 //! record. A store written by a version with an on-disk `due` tree has that
-//! tree dropped at open.
+//! tree dropped at open; one with whole records in `runs` has them split
+//! once at open (marker `runbridge.format`, see `open.rs`).
 //!
 //! Group commit: callers send encoded writes to one applier thread, which
 //! applies each batch (in a crash-safe write order, see [`Trees`]) and hands
@@ -48,12 +53,13 @@ use tokio::sync::{mpsc, oneshot};
 mod due;
 mod fault;
 mod index;
+mod open;
 mod query;
 mod trees;
 
 use due::DueIndex;
 use fault::{recover_loop, FaultCell, Shared};
-use index::IndexKeys;
+use index::{IndexKeys, IndexMeta};
 use trees::{parse_dedupe_value, IndexRepair, RetentionMeta, StaleKey, Trees};
 
 /// Default-tree key holding the index layout version once the index is
@@ -69,21 +75,25 @@ const MAX_BATCH: usize = 2048;
 enum Op {
     Create {
         id: RunId,
-        record: Vec<u8>,
+        fixed: Vec<u8>,
+        state: Vec<u8>,
         due: Option<Timestamp>,
         dedupe: Option<DedupeKey>,
         index: IndexKeys,
     },
+    /// A durable transition: the new state. `meta` (the run's index fields,
+    /// `None` without the index) turns the old state into the old keys.
     Save {
         id: RunId,
-        record: Vec<u8>,
+        state: Vec<u8>,
         due: Option<Timestamp>,
+        meta: Option<IndexMeta>,
         index: IndexKeys,
     },
     /// Dedupe records seen expired by the sweeper: (key, stored value).
     ForgetDedupe(Vec<(sled::IVec, sled::IVec)>),
-    /// Finished runs past retention: (run key, stored record as seen), each
-    /// removed with its due entry and dedupe key only if still unchanged.
+    /// Finished runs past retention: (run key, stored state as seen), each
+    /// removed with its dedupe key and index keys only if still unchanged.
     ForgetRuns(Vec<(sled::IVec, sled::IVec)>),
     /// Index keys readers found stale; each removed only if still stale.
     ForgetIndex(Vec<StaleKey>),
@@ -167,6 +177,7 @@ impl Inner {
         }
         let mut trees = Trees {
             runs: db.open_tree("runs").map_err(backend)?,
+            state: db.open_tree("state").map_err(backend)?,
             dedupe: db.open_tree("dedupe").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
             due: Arc::new(DueIndex::default()),
@@ -177,6 +188,7 @@ impl Inner {
         // Removed before any write, so it is gone from disk as soon as
         // anything written after it is.
         let clean = db.remove(CLEAN_MARKER).map_err(backend)?.is_some();
+        open::migrate(&db, &trees)?;
         let current = db.get(INDEX_MARKER).map_err(backend)?;
         let mode = match (indexed, current.as_deref() == Some(index::VERSION), clean) {
             (false, _, _) => {
@@ -340,13 +352,9 @@ impl SledStore {
         }
     }
 
-    /// The index keys of `run` to write with it (none without the index).
-    fn keys_of(&self, run: &Run) -> IndexKeys {
-        if self.shared.indexed {
-            index::IndexMeta::of(run).keys()
-        } else {
-            IndexKeys::default()
-        }
+    /// The index fields of `run` (none without the index).
+    fn meta_of(&self, run: &Run) -> Option<IndexMeta> {
+        self.shared.indexed.then(|| IndexMeta::of(run))
     }
 }
 
@@ -459,12 +467,18 @@ fn flush_loop(rx: std_mpsc::Receiver<(Arc<Inner>, Answers)>, shared: Arc<Shared>
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Run, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
 }
 
-fn encode(run: &Run) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(run).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// A run's fixed part, as stored in `runs`.
+fn encode_fixed(run: &Run) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&run.fixed_part()).map_err(corrupt)
+}
+
+/// A run's state, as stored in `state`.
+fn encode_state(run: &Run) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&run.state_part()).map_err(corrupt)
 }
 
 #[async_trait]
@@ -476,10 +490,11 @@ impl Store for SledStore {
     ) -> Result<Created, StoreError> {
         let op = Op::Create {
             id: run.id(),
-            record: encode(run)?,
+            fixed: encode_fixed(run)?,
+            state: encode_state(run)?,
             due: run.due_at(),
             dedupe,
-            index: self.keys_of(run),
+            index: self.meta_of(run).map(|m| m.keys()).unwrap_or_default(),
         };
         self.submit(op).await
     }
@@ -493,21 +508,19 @@ impl Store for SledStore {
     }
 
     async fn save_run(&self, run: &Run) -> Result<(), StoreError> {
+        let meta = self.meta_of(run);
         let op = Op::Save {
             id: run.id(),
-            record: encode(run)?,
+            state: encode_state(run)?,
             due: run.due_at(),
-            index: self.keys_of(run),
+            index: meta.as_ref().map(|m| m.keys()).unwrap_or_default(),
+            meta,
         };
         self.submit(op).await.map(|_| ())
     }
 
     fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        let inner = self.inner()?;
-        match inner.trees.runs.get(id.to_bytes()).map_err(backend)? {
-            Some(v) => inner.trees.read(&v).map(Some),
-            None => Ok(None),
-        }
+        self.inner()?.trees.load(id)
     }
 
     fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError> {
@@ -617,13 +630,13 @@ impl Store for SledStore {
                 .unwrap_or_else(|p| p.into_inner());
             let mut seen = 0;
             let mut last = None;
-            for item in inner.trees.runs.range(cursor.clone()..) {
+            for item in inner.trees.state.range(cursor.clone()..) {
                 if seen == budget {
                     break;
                 }
                 seen += 1;
                 let (k, v) = item.map_err(backend)?;
-                // An undecodable record is kept: it may be a newer format.
+                // An undecodable state is kept: it may be a newer format.
                 if let Ok(m) = serde_json::from_slice::<RetentionMeta>(&v) {
                     if m.phase == Phase::Done && m.updated_at <= before {
                         old.push((k.clone(), v));
@@ -691,5 +704,7 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod index_tests;
+#[cfg(test)]
+mod migrate_tests;
 #[cfg(test)]
 mod tests;

@@ -152,44 +152,61 @@ async fn survives_reopen_and_lists_newest_first() {
     assert_eq!(store.unfinished_at_open(), 5);
 }
 
+/// The raw sled database of a closed store, once sled lets go of it.
+pub(super) async fn raw_db(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot open: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn partial_writes_left_by_a_crash_are_repaired_or_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let orphan = run_at(1_000);
+    let durable = run_at(1_000);
+    let orphan = run_at(1_500);
     let ghost = RunId::new();
     {
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
-        // A crash after the run record but before its due entry...
-        store
-            .inner()
+        store.create_run(&durable, None).await.unwrap();
+        store.close().await.unwrap();
+    }
+    {
+        // What a crash leaves: a create cut off after the fixed part,
+        // another after its dedupe key, and no clean close.
+        let db = raw_db(dir.path()).await;
+        db.open_tree("runs")
             .unwrap()
-            .trees
-            .runs
-            .insert(orphan.id().to_bytes(), encode(&orphan).unwrap())
+            .insert(orphan.id().to_bytes(), encode_fixed(&orphan).unwrap())
             .unwrap();
-        // ...and one after a dedupe key but before its run.
         let dk = DedupeKey {
             route: "r".into(),
             delivery_id: "d".into(),
             expires_at: Timestamp(u64::MAX),
         };
         let v = dedupe_value(ghost, Timestamp(u64::MAX));
-        store
-            .inner()
+        db.open_tree("dedupe")
             .unwrap()
-            .trees
-            .dedupe
             .insert(dedupe_key(&dk), &v)
             .unwrap();
-        store.close().await.unwrap();
+        db.remove(CLEAN_MARKER).unwrap();
+        db.flush().unwrap();
     }
     let store = reopen(dir.path()).await;
     assert_eq!(store.unfinished_at_open(), 1);
     let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
-    assert_eq!(
-        due,
-        vec![(Timestamp(1_000), orphan.id())],
-        "due entry restored"
+    assert_eq!(due, vec![(Timestamp(1_000), durable.id())]);
+    assert_eq!(store.get_run(orphan.id()).unwrap(), None, "never durable");
+    let trees = store.inner().unwrap().trees.clone();
+    assert!(
+        !trees.runs.contains_key(orphan.id().to_bytes()).unwrap(),
+        "the fixed part without its state is removed"
     );
     let retry = run_at(2_000);
     let dk = DedupeKey {
@@ -202,6 +219,10 @@ async fn partial_writes_left_by_a_crash_are_repaired_or_ignored() {
         Created::New,
         "a dedupe key without its run does not swallow the retry"
     );
+    // A save of a run that has no state writes nothing.
+    store.save_run(&orphan).await.unwrap();
+    assert_eq!(store.get_run(orphan.id()).unwrap(), None);
+    assert!(!trees.state.contains_key(orphan.id().to_bytes()).unwrap());
 }
 
 #[tokio::test]
@@ -372,7 +393,7 @@ async fn quiet_saves_are_read_at_once_and_not_durable() {
     {
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
         store.create_run(&run, None).await.unwrap();
-        let stored = store.inner().unwrap().trees.runs.get(run.id().to_bytes());
+        let stored = store.inner().unwrap().trees.state.get(run.id().to_bytes());
         let quiet = polled_quietly(&run, 2_000, far + 5_000);
         store.save_quiet(&quiet).await.unwrap();
         assert_eq!(store.get_run(run.id()).unwrap(), Some(quiet.clone()));
@@ -390,7 +411,7 @@ async fn quiet_saves_are_read_at_once_and_not_durable() {
             .unwrap();
         assert_eq!(listed, vec![quiet.clone()], "queries see the overlay");
         assert_eq!(
-            store.inner().unwrap().trees.runs.get(run.id().to_bytes()),
+            store.inner().unwrap().trees.state.get(run.id().to_bytes()),
             stored,
             "nothing written"
         );
@@ -449,28 +470,6 @@ async fn overdue_tracked_runs_are_spread_at_open_and_read_consistently() {
         let run = store.get_run(*id).unwrap().unwrap();
         assert_eq!(run.due_at(), Some(*at), "the step's check holds");
     }
-}
-
-#[tokio::test]
-async fn an_older_stores_due_tree_is_dropped_and_rebuilt() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = run_at(1_000);
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.open_tree("runs")
-            .unwrap()
-            .insert(run.id().to_bytes(), encode(&run).unwrap())
-            .unwrap();
-        let mut stale = 7u64.to_be_bytes().to_vec();
-        stale.extend_from_slice(&RunId::new().to_bytes());
-        db.open_tree("due").unwrap().insert(stale, &[]).unwrap();
-        db.flush().unwrap();
-    }
-    let store = reopen(dir.path()).await;
-    let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
-    assert_eq!(due, vec![(Timestamp(1_000), run.id())]);
-    let inner = store.inner().unwrap();
-    assert!(!inner.db.tree_names().iter().any(|n| n.as_ref() == b"due"));
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 
 use super::due::DueIndex;
 use super::index::{IndexKeys, IndexMeta};
-use super::{backend, decode, Op};
-use crate::run::{Phase, QuietState, Run, RunId};
+use super::{backend, corrupt, Op};
+use crate::run::{Fixed, Phase, QuietState, Run, RunId, State};
 use crate::store::{Created, DedupeKey, StoreError};
 use crate::time::Timestamp;
 use serde::Deserialize;
@@ -32,11 +32,10 @@ pub(super) fn dedupe_key(d: &DedupeKey) -> Vec<u8> {
     k
 }
 
-/// The fields of a stored run the store itself needs at open (serde skips
+/// The fields of a run's state the store itself needs at open (serde skips
 /// the rest): whether it is unfinished, and its quiet fields (due time).
 #[derive(Deserialize)]
 pub(super) struct RunMeta {
-    pub(super) id: RunId,
     pub(super) phase: Phase,
     pub(super) due_at: Option<Timestamp>,
     #[serde(default)]
@@ -47,7 +46,7 @@ pub(super) struct RunMeta {
 }
 
 impl RunMeta {
-    fn quiet(&self) -> QuietState {
+    pub(super) fn quiet(&self) -> QuietState {
         QuietState {
             polls: self.polls,
             updated_at: self.updated_at,
@@ -57,40 +56,57 @@ impl RunMeta {
     }
 }
 
-/// The fields retention needs: when a finished run last changed, and the
-/// dedupe key it may own.
+/// The state fields retention needs: whether a run is finished and when
+/// it last changed.
 #[derive(Deserialize)]
 pub(super) struct RetentionMeta {
-    pub(super) id: RunId,
-    pub(super) route: String,
     pub(super) phase: Phase,
     pub(super) updated_at: Timestamp,
+}
+
+/// The fixed fields retention needs: the dedupe key the run may own.
+#[derive(Deserialize)]
+struct DedupeMeta {
+    id: RunId,
+    route: String,
     #[serde(default)]
-    pub(super) delivery_id: Option<String>,
+    delivery_id: Option<String>,
 }
 
 /// The trees, written only by the applier thread.
 ///
+/// A run is two records under its id: its fixed part in `runs` (written
+/// once, at create) and its state in `state` (rewritten by each durable
+/// transition). A run exists when its state does; every state has its
+/// fixed part, by the write order below.
+///
 /// No sled transactions or batches: in sled 0.34 using either once makes
 /// every later read take a global lock, which stalls readers (the scheduler,
 /// the admin API) behind each write. The single applier already serializes
-/// writes; crash consistency comes from the write order instead:
-/// - create: dedupe key, then index keys, then run. A dedupe key whose run
-///   is missing is ignored; index keys whose run is missing are skipped by
-///   readers (and queued for removal).
-/// - save: new index keys, then run, then removal of the old index keys. A
-///   durable run therefore always has its index keys; an index key that
-///   disagrees with its run is stale: readers re-check every run against
-///   the whole query, so it costs one lookup and is queued for removal
-///   ([`Op::ForgetIndex`]).
-/// - retention: dedupe key, run, then its index keys.
+/// writes, and sled recovers a prefix of them after a crash, so crash
+/// consistency comes from the write order:
+/// - create: dedupe key, index keys, fixed part, then state. A dedupe key
+///   whose run has no state is ignored; index keys whose run has no state
+///   are skipped by readers (and queued for removal); a fixed part without
+///   its state is invisible and removed by the next repair.
+/// - save: new index keys, then state, then removal of the old index keys
+///   (the old ones come from the old state, read first: the fixed fields
+///   they also hold cannot change). A durable run therefore always has its
+///   index keys; an index key that disagrees with its run is stale: readers
+///   re-check every run against the whole query, so it costs one lookup
+///   and is queued for removal ([`Op::ForgetIndex`]). A save of a run with
+///   no state (removed by retention, or never durable) writes nothing.
+/// - retention: dedupe key, state, fixed part, then its index keys.
 ///
 /// The due index and the quiet overlay (`due.rs`) are updated in memory
-/// once a run's record is applied; they need no durable copy, since the
-/// open rebuilds them from the records.
+/// once a run's state is applied; they need no durable copy, since the
+/// open rebuilds them from the states.
 #[derive(Clone)]
 pub(super) struct Trees {
+    /// Run id -> fixed part ([`crate::run::FixedRef`], JSON).
     pub(super) runs: sled::Tree,
+    /// Run id -> state ([`crate::run::StateRef`], JSON).
+    pub(super) state: sled::Tree,
     pub(super) dedupe: sled::Tree,
     /// Operator settings ([`crate::store::Store::put_meta`]): key -> bytes.
     pub(super) meta: sled::Tree,
@@ -135,7 +151,8 @@ impl Trees {
         match op {
             Op::Create {
                 id,
-                record,
+                fixed,
+                state,
                 due: at,
                 dedupe: dk,
                 index,
@@ -148,28 +165,29 @@ impl Trees {
                     self.dedupe.insert(key, &dedupe_value(*id, d.expires_at))?;
                 }
                 self.insert_keys(index)?;
-                self.runs.insert(id.to_bytes(), record.as_slice())?;
+                self.runs.insert(id.to_bytes(), fixed.as_slice())?;
+                self.state.insert(id.to_bytes(), state.as_slice())?;
                 self.due.saved(*id, *at);
                 Ok(Created::New)
             }
             Op::Save {
                 id,
-                record,
+                state,
                 due: at,
+                meta,
                 index,
             } => {
                 let key = id.to_bytes();
-                let old_keys = match self.indexed {
-                    true => self
-                        .runs
-                        .get(key)?
-                        .and_then(|old| IndexMeta::decode(&old))
-                        .map(|m| m.keys())
-                        .unwrap_or_default(),
-                    false => IndexKeys::default(),
+                let old_keys = match meta {
+                    Some(meta) => match self.state.get(key)? {
+                        Some(old) => meta.keys_in_state(&old).unwrap_or_default(),
+                        None => return Ok(self.gone(*id)),
+                    },
+                    None if !self.state.contains_key(key)? => return Ok(self.gone(*id)),
+                    None => IndexKeys::default(),
                 };
                 self.insert_keys(&index.minus(&old_keys))?;
-                self.runs.insert(key, record.as_slice())?;
+                self.state.insert(key, state.as_slice())?;
                 self.remove_keys(&old_keys.minus(index))?;
                 self.due.saved(*id, *at);
                 Ok(Created::New)
@@ -185,12 +203,15 @@ impl Trees {
                 Ok(Created::New)
             }
             Op::ForgetRuns(seen) => {
-                for (key, record) in seen {
+                for (key, state) in seen {
                     // Only if unchanged since the sweeper saw it finished.
-                    if self.runs.get(key)?.as_ref() != Some(record) {
+                    if self.state.get(key)?.as_ref() != Some(state) {
                         continue;
                     }
-                    let Ok(m) = serde_json::from_slice::<RetentionMeta>(record) else {
+                    let Some(fixed) = self.runs.get(key)? else {
+                        continue;
+                    };
+                    let Ok(m) = serde_json::from_slice::<DedupeMeta>(&fixed) else {
                         continue;
                     };
                     if let Some(d) = &m.delivery_id {
@@ -209,9 +230,10 @@ impl Trees {
                             self.dedupe.remove(dk)?;
                         }
                     }
+                    self.state.remove(key)?;
                     self.runs.remove(key)?;
                     self.due.removed(m.id);
-                    if let Some(m) = IndexMeta::decode(record).filter(|_| self.indexed) {
+                    if let Some(m) = IndexMeta::decode(&fixed, state).filter(|_| self.indexed) {
                         self.remove_keys(&m.keys())?;
                     }
                 }
@@ -221,11 +243,11 @@ impl Trees {
                 for s in stale {
                     // Only if still stale: the reader may have seen a write
                     // in progress (keys go in before their run).
-                    let current = self
-                        .runs
-                        .get(s.id.to_bytes())?
-                        .and_then(|r| IndexMeta::decode(&r))
-                        .map(|m| m.keys());
+                    let key = s.id.to_bytes();
+                    let current = match (self.runs.get(key)?, self.state.get(key)?) {
+                        (Some(f), Some(st)) => IndexMeta::decode(&f, &st).map(|m| m.keys()),
+                        _ => None,
+                    };
                     let valid = current.is_some_and(|k| match s.tree {
                         IndexTree::Runs => k.runs.contains(&s.key),
                         IndexTree::Deliveries => k.deliveries.contains(&s.key),
@@ -253,7 +275,7 @@ impl Trees {
         }
     }
 
-    fn insert_keys(&self, keys: &IndexKeys) -> sled::Result<()> {
+    pub(super) fn insert_keys(&self, keys: &IndexKeys) -> sled::Result<()> {
         for k in &keys.runs {
             self.idx_runs.insert(k.as_slice(), &[])?;
         }
@@ -274,7 +296,7 @@ impl Trees {
     }
 
     /// Adds the keys of `keys` missing from the index; how many were.
-    fn add_missing(&self, keys: &IndexKeys) -> sled::Result<usize> {
+    pub(super) fn add_missing(&self, keys: &IndexKeys) -> sled::Result<usize> {
         let mut added = 0;
         for (tree, ks) in [
             (&self.idx_runs, &keys.runs),
@@ -297,55 +319,49 @@ impl Trees {
         };
         match parse_dedupe_value(&v) {
             Some((id, expires)) if expires > Timestamp::now() => {
-                Ok(self.runs.contains_key(id.to_bytes())?.then_some(id))
+                Ok(self.state.contains_key(id.to_bytes())?.then_some(id))
             }
             _ => Ok(None),
         }
     }
 
-    /// Builds the due index from the runs' own records (see `due.rs`),
-    /// counts unfinished runs, and builds or verifies the index as `index`
-    /// says (in the same pass, so a store without an index pays one extra
-    /// walk of its runs, once). Stale index keys are left to readers, which
-    /// skip and queue them.
-    pub(super) fn repair(&self, index: IndexRepair) -> Result<(usize, DueIndex), StoreError> {
-        let now = Timestamp::now();
-        let mut due = Vec::new();
-        let mut overdue = Vec::new();
-        let mut keys_added = 0;
-        for item in self.runs.iter() {
-            let (k, v) = item.map_err(backend)?;
-            let Ok(meta) = serde_json::from_slice::<RunMeta>(&v) else {
-                tracing::error!(key = ?k, "undecodable run record left alone");
-                continue;
-            };
-            match (index, IndexMeta::decode(&v)) {
-                (IndexRepair::None, _) | (_, None) => {}
-                (IndexRepair::Verify, Some(m)) => {
-                    keys_added += self.add_missing(&m.keys()).map_err(backend)?;
-                }
-                (IndexRepair::Build, Some(m)) => {
-                    self.insert_keys(&m.keys()).map_err(backend)?;
-                }
-            }
-            match (meta.phase, meta.due_at) {
-                (Phase::Done, _) => {}
-                // Accepted, starting and terminal runs resume at once.
-                (Phase::Tracking, Some(at)) if at <= now => overdue.push((meta.id, meta.quiet())),
-                (_, at) => due.push((at.unwrap_or(now), meta.id)),
-            }
-        }
-        if keys_added > 0 {
-            tracing::warn!(keys_added, "restored index keys of runs cut off by a crash");
-        }
-        let unfinished = due.len() + overdue.len();
-        Ok((unfinished, DueIndex::build(due, overdue, now)))
+    /// A save of a run that has no state: removed by retention meanwhile
+    /// (an operator's save of a finished run), or never durable (lost with
+    /// an in-process reopen). Nothing is written: writing the state alone
+    /// would leave a run without its fixed part.
+    fn gone(&self, id: RunId) -> Created {
+        tracing::debug!(run_id = %id, "save of a run that is gone: nothing written");
+        self.due.removed(id);
+        Created::New
     }
 
-    /// A stored record as reads see it: with its overlay, if the run's last
-    /// transition was quiet.
-    pub(super) fn read(&self, record: &[u8]) -> Result<Run, StoreError> {
-        let run = decode(record)?;
+    /// The run `id` as reads see it, if it exists.
+    pub(super) fn load(&self, id: RunId) -> Result<Option<Run>, StoreError> {
+        let key = id.to_bytes();
+        let Some(state) = self.state.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        match self.runs.get(key).map_err(backend)? {
+            Some(fixed) => self.join(&fixed, &state).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The run whose fixed part is `fixed`, if it exists (for walks of the
+    /// `runs` tree).
+    pub(super) fn with_state(&self, key: &[u8], fixed: &[u8]) -> Result<Option<Run>, StoreError> {
+        match self.state.get(key).map_err(backend)? {
+            Some(state) => self.join(fixed, &state).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A stored run as reads see it: its two parts joined, with its
+    /// overlay if the run's last transition was quiet.
+    fn join(&self, fixed: &[u8], state: &[u8]) -> Result<Run, StoreError> {
+        let fixed: Fixed = serde_json::from_slice(fixed).map_err(corrupt)?;
+        let state: State = serde_json::from_slice(state).map_err(corrupt)?;
+        let run = Run::join(fixed, state);
         Ok(match self.due.overlay(run.id()) {
             Some(q) => run.with_quiet(q),
             None => run,
