@@ -159,10 +159,24 @@ impl Trees {
             } => {
                 if let Some(d) = dk {
                     let key = dedupe_key(d);
-                    if let Some(existing) = self.live_duplicate(&key)? {
-                        return Ok(Created::Duplicate(existing));
+                    let value = dedupe_value(*id, d.expires_at);
+                    // One sled call for a new delivery id (the common
+                    // case): the key is taken only if absent.
+                    let absent: Option<&[u8]> = None;
+                    let swap = self
+                        .dedupe
+                        .compare_and_swap(&key, absent, Some(&value[..]))?;
+                    if let Err(taken) = swap {
+                        let owner = match taken.current {
+                            Some(v) => self.live_owner(&v)?,
+                            None => None,
+                        };
+                        if let Some(existing) = owner {
+                            return Ok(Created::Duplicate(existing));
+                        }
+                        // Expired, or its run was never durable: reuse it.
+                        self.dedupe.insert(key, &value)?;
                     }
-                    self.dedupe.insert(key, &dedupe_value(*id, d.expires_at))?;
                 }
                 self.insert_keys(index)?;
                 self.runs.insert(id.to_bytes(), fixed.as_slice())?;
@@ -312,12 +326,9 @@ impl Trees {
         Ok(added)
     }
 
-    /// The run a live, unexpired dedupe key points at, if that run exists.
-    pub(super) fn live_duplicate(&self, key: &[u8]) -> sled::Result<Option<RunId>> {
-        let Some(v) = self.dedupe.get(key)? else {
-            return Ok(None);
-        };
-        match parse_dedupe_value(&v) {
+    /// The run a live, unexpired dedupe value points at, if that run exists.
+    fn live_owner(&self, value: &[u8]) -> sled::Result<Option<RunId>> {
+        match parse_dedupe_value(value) {
             Some((id, expires)) if expires > Timestamp::now() => {
                 Ok(self.state.contains_key(id.to_bytes())?.then_some(id))
             }
