@@ -202,8 +202,9 @@ pub trait Store: Send + Sync + 'static {
     /// Unfinished runs found when the store was opened (the runs a restart resumes).
     fn unfinished_at_open(&self) -> usize;
 
-    /// Drops a due entry that no longer matches its run (left by a crash
-    /// between the writes of one transition).
+    /// Drops the due entry of a run at `at` (a finished run, or an entry
+    /// that no longer matches its run). The sled store keeps its due index
+    /// in memory only, rebuilt from the runs at open, so this writes nothing.
     async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError>;
 
     /// Removes expired dedupe records, examining at most `budget` of them
