@@ -141,7 +141,11 @@ pub(crate) async fn memory(
             slope.map_or("-".into(), |b| format!("{b:.0}"))
         ),
     );
-    rep.set(S, "bytes_per_run_beyond_cache", json!(round(beyond_cache, 0)));
+    rep.set(
+        S,
+        "bytes_per_run_beyond_cache",
+        json!(round(beyond_cache, 0)),
+    );
     rep.set(S, "bytes_per_run_slope", json!(slope.map(|b| round(b, 0))));
     rep.row(
         S,

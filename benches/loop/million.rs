@@ -111,7 +111,11 @@ pub(crate) async fn million(
     empty.settle(ticks, Duration::from_secs(30)).await;
     let base = empty.rss();
     empty.terminate().await;
-    rep.row(S, "RSS of the daemon on an empty store", format!("{:.1} MiB", mib(base)));
+    rep.row(
+        S,
+        "RSS of the daemon on an empty store",
+        format!("{:.1} MiB", mib(base)),
+    );
 
     let seeded = seed(&db, n).await?;
     let (apparent, _) = disk_usage(&db);
@@ -178,7 +182,11 @@ pub(crate) async fn million(
     rep.set(S, "store_bytes", json!(apparent));
     rep.set(S, "rss_base_bytes", json!(base));
     rep.set(S, "rss_settled_bytes", json!(rss));
-    rep.set(S, "bytes_per_run_beyond_base_and_cache", json!(round(per_run, 0)));
+    rep.set(
+        S,
+        "bytes_per_run_beyond_base_and_cache",
+        json!(round(per_run, 0)),
+    );
     rep.set(S, "clean_start_s", json!(round(took.as_secs_f64(), 2)));
     rep.set(S, "crash_restart_s", json!(round(took2.as_secs_f64(), 2)));
     Ok(())

@@ -91,6 +91,9 @@ pub(super) struct Shared {
     pub(super) current: RwLock<Option<Arc<Inner>>>,
     pub(super) fault: FaultCell,
     pub(super) closed: AtomicBool,
+    /// False while the index verification after a crash runs in the
+    /// background: a close then leaves the clean marker out.
+    pub(super) index_verified: AtomicBool,
     /// Wakes the recovery thread on a new fault or on close.
     pub(super) wake: (Mutex<()>, Condvar),
     /// Held while recovery swaps the database, so close never races a reopen.
@@ -168,7 +171,7 @@ impl Shared {
             }
             drop(old);
         }
-        let inner = Inner::open(&self.path, self.cache_capacity, self.indexed)?;
+        let inner = Inner::open(&self.path, self.cache_capacity, self.indexed, false)?;
         let probe = inner.probe();
         // Installed even when the probe fails, so reads keep working; the
         // next attempt drops it again.

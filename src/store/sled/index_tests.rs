@@ -575,6 +575,8 @@ async fn the_index_stays_consistent_across_reopen_and_repairs_a_crash() {
         store.index_built_at_open().is_none(),
         "verified, not rebuilt"
     );
+    // Verified in the background: serving did not wait for it.
+    super::tests::verified(&store).await;
     assert_index_consistent(&store);
     assert_eq!(ids(&store.list_runs(&q).unwrap()), want);
 }

@@ -56,6 +56,7 @@ mod index;
 mod open;
 mod query;
 mod trees;
+mod verify;
 mod writer;
 
 use due::DueIndex;
@@ -101,13 +102,21 @@ enum Op {
     ForgetIndex(Vec<StaleKey>),
     /// An operator setting: set, or with `None` removed.
     PutMeta { key: String, value: Option<Vec<u8>> },
+    /// From the background verification after a crash (`verify.rs`): runs
+    /// that lacked index keys when it looked (each gets the keys of its
+    /// state now), and fixed parts it found without a state (each removed
+    /// only if still without one).
+    VerifyIndex {
+        ids: Vec<RunId>,
+        orphans: Vec<sled::IVec>,
+    },
 }
 
 impl Op {
     /// Kinds of op, in the order of [`Op::kind`], as the `op` label of
     /// `runbridge_store_writes_total`. A create that found a live duplicate
     /// writes nothing and is counted apart.
-    const KINDS: [&'static str; 7] = [
+    const KINDS: [&'static str; 8] = [
         "create",
         "create_duplicate",
         "save",
@@ -115,6 +124,7 @@ impl Op {
         "forget_runs",
         "forget_index",
         "meta",
+        "verify_index",
     ];
 
     /// Index into [`Op::KINDS`] of this op once applied with `result`.
@@ -127,6 +137,7 @@ impl Op {
             Op::ForgetRuns(_) => 4,
             Op::ForgetIndex(_) => 5,
             Op::PutMeta { .. } => 6,
+            Op::VerifyIndex { .. } => 7,
         }
     }
 }
@@ -150,11 +161,21 @@ struct Inner {
     unfinished: usize,
     /// How long building the index took at this open, if it had to be built.
     index_built: Option<Duration>,
+    /// The index still needs verifying after a crash: left to a background
+    /// thread (`verify.rs`), so serving does not wait for it.
+    verify_pending: bool,
 }
 
 impl Inner {
-    /// Opens the directory, loads the due index and repairs it.
-    fn open(path: &Path, cache_capacity: u64, indexed: bool) -> Result<Inner, StoreError> {
+    /// Opens the directory, loads the due index and repairs it. With
+    /// `defer_verify`, the index verification a crash calls for is left to
+    /// the caller (`verify_pending`), to run in the background.
+    fn open(
+        path: &Path,
+        cache_capacity: u64,
+        indexed: bool,
+        defer_verify: bool,
+    ) -> Result<Inner, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity)
@@ -211,7 +232,13 @@ impl Inner {
             trees.idx_deliveries.clear().map_err(backend)?;
             tracing::info!(runs = trees.runs.len(), "building the run index (once)");
         }
-        let (unfinished, due) = trees.repair(mode)?;
+        let verify_pending = defer_verify && mode == IndexRepair::Verify;
+        let walk = if verify_pending {
+            IndexRepair::None
+        } else {
+            mode
+        };
+        let (unfinished, due) = trees.repair(walk)?;
         trees.due = Arc::new(due);
         let mut index_built = None;
         if mode == IndexRepair::Build {
@@ -226,6 +253,7 @@ impl Inner {
             trees,
             unfinished,
             index_built,
+            verify_pending,
         })
     }
 
@@ -277,7 +305,8 @@ impl SledStore {
     }
 
     fn open_with(path: &Path, cache_capacity: u64, indexed: bool) -> Result<Self, StoreError> {
-        let inner = Inner::open(path, cache_capacity, indexed)?;
+        let inner = Inner::open(path, cache_capacity, indexed, true)?;
+        let verify_pending = inner.verify_pending;
         let unfinished = inner.unfinished;
         let index_built_at_open = inner.index_built;
         let shared = Arc::new(Shared {
@@ -287,6 +316,7 @@ impl SledStore {
             current: RwLock::new(Some(Arc::new(inner))),
             fault: FaultCell::default(),
             closed: AtomicBool::new(false),
+            index_verified: AtomicBool::new(!verify_pending),
             wake: (Mutex::new(()), Condvar::new()),
             swap: Mutex::new(()),
         });
@@ -308,12 +338,22 @@ impl SledStore {
             .name("store-recover".into())
             .spawn(move || recover_loop(recover_shared))
             .map_err(backend)?;
+        let mut threads = vec![applier, flusher, recovery];
+        if verify_pending {
+            let (verify_shared, verify_tx) = (shared.clone(), tx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("store-verify".into())
+                    .spawn(move || verify::verify_loop(verify_shared, verify_tx))
+                    .map_err(backend)?,
+            );
+        }
         Ok(SledStore {
             shared,
             sweep_cursor: Mutex::new(Vec::new()),
             retention_cursor: Mutex::new(Vec::new()),
             tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(vec![applier, flusher, recovery]),
+            threads: Mutex::new(threads),
             unfinished_at_open: unfinished,
             index_built_at_open,
         })
@@ -584,7 +624,11 @@ impl Store for SledStore {
             }
             let inner = shared.inner()?;
             // Tells the next open that the index needs no verification.
-            inner.db.insert(CLEAN_MARKER, &[1]).map_err(backend)?;
+            // Not while a verification after a crash is unfinished: the
+            // next open must verify again.
+            if shared.index_verified.load(Ordering::Acquire) {
+                inner.db.insert(CLEAN_MARKER, &[1]).map_err(backend)?;
+            }
             inner.db.flush().map(|_| ()).map_err(|e| {
                 shared.report(format!("flush failed: {e}"));
                 backend(e)

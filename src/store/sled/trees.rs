@@ -279,6 +279,36 @@ impl Trees {
                 };
                 Ok(Created::New)
             }
+            Op::VerifyIndex { ids, orphans } => {
+                let mut added = 0;
+                for id in ids {
+                    let key = id.to_bytes();
+                    let (Some(fixed), Some(state)) = (self.runs.get(key)?, self.state.get(key)?)
+                    else {
+                        continue;
+                    };
+                    if let Some(m) = IndexMeta::decode(&fixed, &state) {
+                        added += self.add_missing(&m.keys())?;
+                    }
+                }
+                let mut removed = 0;
+                for k in orphans {
+                    // A create writes both parts in one op of this thread,
+                    // so a fixed part still without its state is a leftover.
+                    if !self.state.contains_key(k)? {
+                        self.runs.remove(k)?;
+                        removed += 1;
+                    }
+                }
+                if added > 0 || removed > 0 {
+                    tracing::warn!(
+                        keys_added = added,
+                        fixed_parts_removed = removed,
+                        "repaired what a crash cut off (index keys, runs without state)"
+                    );
+                }
+                Ok(Created::New)
+            }
         }
     }
 
