@@ -80,6 +80,16 @@ impl DueIndex {
         s.set(id, at);
     }
 
+    /// A create became durable: its due entry, unless a later write of
+    /// the run already set one (an operator's change may be applied
+    /// before the create's flush completes).
+    pub(super) fn created(&self, id: RunId, at: Timestamp) {
+        let mut s = self.lock();
+        if !s.at.contains_key(&id) {
+            s.set(id, Some(at));
+        }
+    }
+
     /// A quiet transition: kept in memory only, seen by reads and the due
     /// index at once.
     pub(super) fn quiet(&self, id: RunId, q: QuietState) {

@@ -322,7 +322,7 @@ impl SledStore {
         });
 
         let (tx, rx) = mpsc::unbounded_channel::<Job>();
-        let (flush_tx, flush_rx) = std_mpsc::channel::<(Arc<Inner>, Answers)>();
+        let (flush_tx, flush_rx) = std_mpsc::channel::<writer::Applied>();
         let apply_shared = shared.clone();
         let applier = std::thread::Builder::new()
             .name("store-apply".into())

@@ -561,3 +561,35 @@ async fn second_open_is_refused_clearly() {
         assert!(e.to_string().contains(&dir.path().display().to_string()));
     }
 }
+
+#[tokio::test]
+async fn a_created_run_is_due_only_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let run = run_at(1_000);
+    // Applied, not yet flushed: readable, but the scheduler must not see
+    // it due (a kill -9 could still take it back after a vendor start).
+    let trees = store.inner().unwrap().trees.clone();
+    let op = Op::Create {
+        id: run.id(),
+        fixed: encode_fixed(&run).unwrap(),
+        state: encode_state(&run).unwrap(),
+        due: run.due_at(),
+        dedupe: None,
+        index: IndexKeys::default(),
+    };
+    assert_eq!(trees.apply(&op).unwrap(), Created::New);
+    assert!(store.get_run(run.id()).unwrap().is_some());
+    assert!(store
+        .due(Timestamp(u64::MAX), 10, &|_| false)
+        .unwrap()
+        .is_empty());
+    // Through the group commit: due by the time the caller hears of it.
+    let other = run_at(2_000);
+    store.create_run(&other, None).await.unwrap();
+    assert_eq!(
+        store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap(),
+        vec![(Timestamp(2_000), other.id())]
+    );
+    store.close().await.unwrap();
+}

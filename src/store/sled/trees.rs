@@ -153,7 +153,7 @@ impl Trees {
                 id,
                 fixed,
                 state,
-                due: at,
+                due: _,
                 dedupe: dk,
                 index,
             } => {
@@ -181,7 +181,9 @@ impl Trees {
                 self.insert_keys(index)?;
                 self.runs.insert(id.to_bytes(), fixed.as_slice())?;
                 self.state.insert(id.to_bytes(), state.as_slice())?;
-                self.due.saved(*id, *at);
+                // Its due entry comes once the create is durable (the
+                // flusher adds it, see `writer.rs`): the scheduler must not
+                // start a run a crash could still take back.
                 Ok(Created::New)
             }
             Op::Save {

@@ -10,15 +10,21 @@
 
 use super::fault::Shared;
 use super::{backend, Answers, Inner, Job, Op, MAX_BATCH};
-use crate::store::StoreError;
+use crate::run::RunId;
+use crate::store::{Created, StoreError};
+use crate::time::Timestamp;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// A batch the applier hands to the flusher: the database it was applied
+/// to, its callers' answers, and the runs it created (with their due times).
+pub(super) type Applied = (Arc<Inner>, Answers, Vec<(RunId, Timestamp)>);
+
 pub(super) fn apply_loop(
     mut rx: mpsc::UnboundedReceiver<Job>,
     shared: Arc<Shared>,
-    flush_tx: std_mpsc::Sender<(Arc<Inner>, Answers)>,
+    flush_tx: std_mpsc::Sender<Applied>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let started = std::time::Instant::now();
@@ -43,6 +49,8 @@ pub(super) fn apply_loop(
         // Write operations applied, by kind: counted per batch, not per op,
         // so counting costs one registry lookup per kind and batch.
         let mut applied = [0u64; Op::KINDS.len()];
+        // Runs created in this batch: due once the flush made them durable.
+        let mut created = Vec::new();
         let answers: Answers = jobs
             .into_iter()
             .map(|job| {
@@ -54,8 +62,17 @@ pub(super) fn apply_loop(
                     shared.report(format!("write failed: {e}"));
                     backend(e)
                 });
-                if let Ok(created) = &result {
-                    applied[job.op.kind(created)] += 1;
+                if let Ok(outcome) = &result {
+                    applied[job.op.kind(outcome)] += 1;
+                    if let (
+                        Created::New,
+                        Op::Create {
+                            id, due: Some(at), ..
+                        },
+                    ) = (outcome, &job.op)
+                    {
+                        created.push((*id, *at));
+                    }
                 }
                 (job.reply, result)
             })
@@ -74,19 +91,19 @@ pub(super) fn apply_loop(
             apply_us = (took * 1e6) as u64,
             "batch applied"
         );
-        if flush_tx.send((inner, answers)).is_err() {
+        if flush_tx.send((inner, answers, created)).is_err() {
             break;
         }
     }
 }
 
-pub(super) fn flush_loop(rx: std_mpsc::Receiver<(Arc<Inner>, Answers)>, shared: Arc<Shared>) {
+pub(super) fn flush_loop(rx: std_mpsc::Receiver<Applied>, shared: Arc<Shared>) {
     while let Ok(first) = rx.recv() {
         let mut groups = vec![first];
         while let Ok(g) = rx.try_recv() {
             groups.push(g);
         }
-        let Some(flushed_inner) = groups.last().map(|(inner, _)| inner.clone()) else {
+        let Some(flushed_inner) = groups.last().map(|(inner, _, _)| inner.clone()) else {
             continue;
         };
         let started = std::time::Instant::now();
@@ -106,17 +123,24 @@ pub(super) fn flush_loop(rx: std_mpsc::Receiver<(Arc<Inner>, Answers)>, shared: 
         metrics::histogram!("runbridge_store_flush_seconds").record(took);
         metrics::gauge!("runbridge_store_flush_busy_seconds_total").increment(took);
         metrics::histogram!("runbridge_store_batch_writes")
-            .record(groups.iter().map(|(_, a)| a.len()).sum::<usize>() as f64);
+            .record(groups.iter().map(|(_, a, _)| a.len()).sum::<usize>() as f64);
         tracing::trace!(
             groups = groups.len(),
             bytes = flushed.as_ref().copied().unwrap_or(0),
             flush_us = started.elapsed().as_micros() as u64,
             "flushed"
         );
-        for (inner, answers) in groups {
+        for (inner, answers, created) in groups {
             // A batch applied to a database that has since been replaced
             // was never made durable by this flush.
             let same = Arc::ptr_eq(&inner, &flushed_inner);
+            if same && flushed.is_ok() {
+                // Durable now: the scheduler may start them (before their
+                // callers hear of it, so a 202 always finds its run due).
+                for (id, at) in created {
+                    inner.trees.due.created(id, at);
+                }
+            }
             for (reply, result) in answers {
                 let answer = match &flushed {
                     Ok(_) if same => result,
