@@ -96,6 +96,10 @@ pub struct Scheduler {
     clock: Clock,
     /// How late steps begin against their due time.
     lateness: lateness::Lateness,
+    /// When this scheduler was made (on its clock): an `accepted` run
+    /// created earlier may have had an unrecorded idempotent start in
+    /// flight when an earlier process died.
+    booted_at: Timestamp,
     store: Arc<dyn Store>,
     topology: SharedTopology,
     client: reqwest::Client,
@@ -160,6 +164,7 @@ impl Scheduler {
         Arc::new(Scheduler {
             paused: Default::default(),
             alerts,
+            booted_at: clock(),
             clock,
             lateness: lateness::Lateness::default(),
             store,

@@ -21,6 +21,17 @@ use std::time::Duration;
 /// Runs examined for vendor run ids other runs own (reconciliation).
 const OWNERS_SCANNED: usize = 1_000;
 
+/// What other runs of a workflow claim (reconciliation).
+#[derive(Default)]
+struct Claims {
+    /// Vendor run ids other runs track.
+    owned: Vec<String>,
+    /// Other runs starting without a vendor run id yet.
+    starting: usize,
+    /// Candidates of other runs that ended `start_uncertain`.
+    contested: Vec<String>,
+}
+
 /// Logs a transition the run refused: a scheduler bug, never a crash.
 fn checked(run: &Run, r: Result<(), IllegalTransition>) {
     if let Err(e) = r {
@@ -121,26 +132,57 @@ impl Scheduler {
     /// own any unowned candidate, so a single candidate is not proof that
     /// it is this run's: adopting it could track another run's vendor run
     /// (seen in `tests/crash_loop.rs` under CPU load, where several starts
-    /// of one workflow were interrupted by the same kill).
-    fn claims_elsewhere(&self, run: &Run) -> Result<(Vec<String>, usize), StoreError> {
+    /// of one workflow were interrupted by the same kill). A run that
+    /// ended `start_uncertain` keeps claiming its candidates (returned as
+    /// contested): one of them is likely its own vendor run, so another run
+    /// adopting it could track the wrong vendor run (seen in
+    /// `tests/crash_loop.rs`: two interrupted starts, the first ends
+    /// uncertain because the second is still starting, then the second
+    /// found no claimant left and adopted the first one's vendor run).
+    fn claims_elsewhere(&self, run: &Run) -> Result<Claims, StoreError> {
         let q = RunQuery {
             provider: Some(run.provider().to_string()),
             limit: OWNERS_SCANNED,
             ..Default::default()
         };
-        let mut owned = Vec::new();
-        let mut starting = 0;
+        let mut c = Claims::default();
         for r in self.store.list_runs(&q)? {
             if r.id() == run.id() || r.workflow_id() != run.workflow_id() {
                 continue;
             }
             match r.vendor_run_id() {
-                Some(v) => owned.push(v.clone()),
-                None if r.phase() == Phase::Starting => starting += 1,
-                None => {}
+                Some(v) => c.owned.push(v.clone()),
+                None if r.phase() == Phase::Starting => c.starting += 1,
+                None => {
+                    if let Some(e) = r
+                        .error()
+                        .as_ref()
+                        .filter(|e| e["code"] == "start_uncertain")
+                    {
+                        let listed = e["candidates"].as_array().into_iter().flatten();
+                        c.contested
+                            .extend(listed.filter_map(|v| v.as_str().map(str::to_string)));
+                    }
+                }
             }
         }
-        Ok((owned, starting))
+        Ok(c)
+    }
+
+    /// Whether an earlier start attempt of `run` may have created a vendor
+    /// run: one recorded as unsure (a crash, a timeout, a 5xx), or, with an
+    /// idempotent start (whose attempts are not recorded), an `accepted`
+    /// run accepted before this process began: an earlier process may have
+    /// been killed during its start. Such a run is not canceled locally:
+    /// the start is repeated (same key: it returns the vendor run the lost
+    /// attempt created, or creates one) and the vendor run is canceled.
+    /// Assumes the wall clock does not step back across a restart.
+    fn may_have_started(&self, run: &Run, idempotent: bool) -> bool {
+        match run.phase() {
+            Phase::Starting => run.start_unsure(),
+            Phase::Accepted => idempotent && run.created_at() < self.booted_at,
+            _ => false,
+        }
     }
 
     pub(super) async fn start(&self, mut run: Run) -> Result<(), StoreError> {
@@ -152,14 +194,18 @@ impl Scheduler {
         if Self::expire(&mut run, now, route, &targets) {
             return self.persist(&mut run).await;
         }
-        if run.cancel_requested() && !(run.phase() == Phase::Starting && run.start_unsure()) {
+        let provider = topo.providers.get(run.provider()).cloned();
+        let idempotent = provider
+            .as_ref()
+            .is_some_and(|p| p.capabilities().idempotent_start);
+        if run.cancel_requested() && !self.may_have_started(&run, idempotent) {
             // Nothing reached the vendor (or it certainly created nothing).
             tracing::info!(run_id = %run.id(), "run canceled before it started");
             let r = run.canceled(now, None, true, &targets);
             checked(&run, r);
             return self.persist(&mut run).await;
         }
-        let Some(provider) = topo.providers.get(run.provider()).cloned() else {
+        let Some(provider) = provider else {
             return self.provider_missing(s, run, now).await;
         };
         let caps = provider.capabilities();
@@ -180,7 +226,11 @@ impl Scheduler {
             let now = self.now();
             match result {
                 Ok(Reconciled::Candidates(found)) => {
-                    let (owned, claimants) = match self.claims_elsewhere(&run) {
+                    let Claims {
+                        owned,
+                        starting: claimants,
+                        contested,
+                    } = match self.claims_elsewhere(&run) {
                         Ok(c) => c,
                         Err(e) => {
                             // Without the other runs' claims no candidate
@@ -198,8 +248,8 @@ impl Scheduler {
                             tracing::info!(run_id = %run.id(), "interrupted start created no vendor run; starting again");
                             run.start_not_created();
                         }
-                        1 if claimants > 0 => {
-                            tracing::warn!(run_id = %run.id(), starting_elsewhere = claimants, "interrupted start is ambiguous: other starts of this workflow may own the one candidate; failing with start_uncertain");
+                        1 if claimants > 0 || contested.contains(&mine[0]) => {
+                            tracing::warn!(run_id = %run.id(), starting_elsewhere = claimants, contested = contested.contains(&mine[0]), "interrupted start is ambiguous: other starts of this workflow may own the one candidate; failing with start_uncertain");
                             let r = run.start_uncertain(now, mine, &targets);
                             checked(&run, r);
                             return self.persist(&mut run).await;
@@ -239,14 +289,21 @@ impl Scheduler {
                 }
             }
         }
-        // Persist the intent first: after a crash the start is repeated with
-        // the same idempotency key, or reconciled, never skipped.
+        // A start without a reliable idempotency key persists its intent
+        // first: after a crash that record is what reconciliation finds, so
+        // the start is reconciled, never skipped nor blindly repeated. An
+        // idempotent start needs no record (issue 10): after a crash the run
+        // is still `accepted` (or `starting` from a failed attempt) and due,
+        // and the start is repeated with the same key, which returns the
+        // vendor run the lost attempt created.
         let guard = self.retry_at(s, &run, now, None);
         if let Err(e) = run.begin_start(now, guard) {
             tracing::error!(run_id = %run.id(), error = %e, "illegal run transition skipped");
             return Ok(());
         }
-        self.persist(&mut run).await?;
+        if !caps.idempotent_start {
+            self.persist(&mut run).await?;
+        }
 
         let req = StartRequest {
             run_id: run.id(),
