@@ -12,6 +12,7 @@
 //! redone because a save failed. While the store reports a fault no new runs
 //! are claimed.
 
+mod deliver;
 pub mod lateness;
 mod operator;
 mod steps;
