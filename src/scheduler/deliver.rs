@@ -164,10 +164,11 @@ impl Scheduler {
         }
     }
 
-    pub(super) async fn deliver(&self, mut run: Run) -> Result<(), StoreError> {
+    /// Sends the due deliveries of `run` and persists their outcomes.
+    pub(super) async fn deliver(&self, mut run: Run) -> Result<Run, StoreError> {
         self.send_due(&mut run).await;
         run.replan(self.now());
-        self.persist(&mut run).await
+        self.saved(run).await
     }
 }
 

@@ -116,12 +116,12 @@ impl Scheduler {
         s: &SchedulerSettings,
         mut run: Run,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Run, StoreError> {
         let at = self.retry_at(s, &run, now, None);
         let error = format!("provider {:?} is not configured", run.provider());
         tracing::error!(run_id = %run.id(), %error, "cannot work on run");
         run.failed_call(now, error, at);
-        self.persist(&mut run).await
+        self.saved(run).await
     }
 
     /// What other runs of the same provider and workflow claim: the vendor
@@ -183,14 +183,14 @@ impl Scheduler {
         }
     }
 
-    pub(super) async fn start(&self, mut run: Run) -> Result<(), StoreError> {
+    pub(super) async fn start(&self, mut run: Run) -> Result<Run, StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
         let route = topo.settings.routes.get(run.route());
         let targets = Self::targets(route);
         let now = self.now();
         if Self::expire(&mut run, now, route, &targets) {
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
         let provider = topo.providers.get(run.provider()).cloned();
         let idempotent = provider
@@ -201,7 +201,7 @@ impl Scheduler {
             tracing::info!(run_id = %run.id(), "run canceled before it started");
             let r = run.canceled(now, None, true, &targets);
             checked(&run, r);
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
         let Some(provider) = provider else {
             return self.provider_missing(s, run, now).await;
@@ -214,7 +214,7 @@ impl Scheduler {
                 tracing::warn!(run_id = %run.id(), "interrupted start cannot be reconciled (no runs listing)");
                 let r = run.start_uncertain(now, Vec::new(), &targets);
                 checked(&run, r);
-                return self.persist(&mut run).await;
+                return self.saved(run).await;
             }
             let req = ReconcileRequest {
                 workflow_id: run.workflow_id(),
@@ -236,7 +236,7 @@ impl Scheduler {
                             tracing::warn!(run_id = %run.id(), error = %e, "cannot list runs for reconciliation");
                             let at = self.retry_at(s, &run, now, None);
                             run.failed_call(now, format!("reconcile: {e}"), at);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                     };
                     let mine: Vec<String> =
@@ -250,7 +250,7 @@ impl Scheduler {
                             tracing::warn!(run_id = %run.id(), starting_elsewhere = claimants, contested = contested.contains(&mine[0]), "interrupted start is ambiguous: other starts of this workflow may own the one candidate; failing with start_uncertain");
                             let r = run.start_uncertain(now, mine, &targets);
                             checked(&run, r);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                         1 => {
                             let vid = mine.into_iter().next().unwrap_or_default();
@@ -258,20 +258,20 @@ impl Scheduler {
                             let next = Self::next_poll(s, &run, now);
                             let r = run.adopted(now, vid, next, &targets);
                             checked(&run, r);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                         n => {
                             tracing::warn!(run_id = %run.id(), candidates = n, "interrupted start is ambiguous; failing with start_uncertain");
                             let r = run.start_uncertain(now, mine, &targets);
                             checked(&run, r);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                     }
                 }
                 Ok(Reconciled::TooMany) => {
                     let r = run.start_uncertain(now, Vec::new(), &targets);
                     checked(&run, r);
-                    return self.persist(&mut run).await;
+                    return self.saved(run).await;
                 }
                 Err(
                     ProviderError::NotFound { detail, body }
@@ -279,11 +279,11 @@ impl Scheduler {
                 ) => {
                     let r = run.start_rejected(now, &detail, body, &targets);
                     checked(&run, r);
-                    return self.persist(&mut run).await;
+                    return self.saved(run).await;
                 }
                 Err(e) => {
                     self.provider_failed(s, &mut run, now, "reconcile", e);
-                    return self.persist(&mut run).await;
+                    return self.saved(run).await;
                 }
             }
         }
@@ -297,7 +297,7 @@ impl Scheduler {
         let guard = self.retry_at(s, &run, now, None);
         if let Err(e) = run.begin_start(now, guard) {
             tracing::error!(run_id = %run.id(), error = %e, "illegal run transition skipped");
-            return Ok(());
+            return Ok(run);
         }
         if !caps.idempotent_start {
             self.persist(&mut run).await?;
@@ -343,12 +343,15 @@ impl Scheduler {
                 self.provider_failed(s, &mut run, now, "start", e);
             }
         }
-        self.persist(&mut run).await
+        self.saved(run).await
     }
 
     /// Tracking: delivers due `run.waiting` events, asks for a requested
     /// cancel, and polls when the poll is due.
-    pub(super) async fn track(&self, mut run: Run) -> Result<(), StoreError> {
+    /// A step that changes only the run's quiet fields (a poll that
+    /// changed nothing) is saved with `save_quiet`: a restart does not need it.
+    pub(super) async fn track(&self, mut run: Run) -> Result<Run, StoreError> {
+        let loaded = run.clone();
         let now = self.now();
         if run.deliveries().iter().any(|d| d.is_due(now)) {
             self.send_due(&mut run).await;
@@ -357,13 +360,13 @@ impl Scheduler {
             return self.cancel(run).await;
         }
         if run.next_poll_at().is_none_or(|t| t <= self.now()) || now >= run.deadline() {
-            return self.poll(run).await;
+            return self.poll(run, &loaded).await;
         }
         run.replan(self.now());
-        self.persist(&mut run).await
+        self.saved_after(run, &loaded).await
     }
 
-    async fn cancel(&self, mut run: Run) -> Result<(), StoreError> {
+    pub(super) async fn cancel(&self, mut run: Run) -> Result<Run, StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
         let targets = Self::targets(topo.settings.routes.get(run.route()));
@@ -378,7 +381,7 @@ impl Scheduler {
             tracing::info!(run_id = %run.id(), "provider has no cancel: canceled locally, the vendor run may continue");
             let r = run.canceled(now, None, true, &targets);
             checked(&run, r);
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
         let req = PollRequest {
             workflow_id: run.workflow_id(),
@@ -415,17 +418,18 @@ impl Scheduler {
             }
             Err(e) => self.provider_failed(s, &mut run, now, "cancel", e),
         }
-        self.persist(&mut run).await
+        self.saved(run).await
     }
 
-    async fn poll(&self, mut run: Run) -> Result<(), StoreError> {
+    /// A poll of `run` (`loaded` is the run as the step found it).
+    async fn poll(&self, mut run: Run, loaded: &Run) -> Result<Run, StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
         let route = topo.settings.routes.get(run.route());
         let targets = Self::targets(route);
         let now = self.now();
         if Self::expire(&mut run, now, route, &targets) {
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
         let (Some(provider), Some(vendor_id)) = (
             topo.providers.get(run.provider()).cloned(),
@@ -478,7 +482,7 @@ impl Scheduler {
             // keep trying with backoff until the run times out.
             Err(e) => self.provider_failed(s, &mut run, now, "poll", e),
         }
-        self.persist(&mut run).await
+        self.saved_after(run, loaded).await
     }
 
     /// A provider call succeeded: a credential problem of its provider is over.

@@ -307,24 +307,37 @@ struct Harness {
 
 impl Harness {
     fn new(vendor: Fake) -> Harness {
+        Harness::with_extra(vendor, "")
+    }
+
+    /// Route `r` with `extra` TOML appended (its callbacks).
+    fn with_extra(vendor: Fake, extra: &str) -> Harness {
         let store = Arc::new(MemoryStore::default());
         let clock = Arc::new(AtomicU64::new(1_000_000));
-        Harness::over(Arc::new(vendor), store, clock)
+        Harness::over(Arc::new(vendor), store, clock, extra)
     }
 
     /// A scheduler over the parts given (the same store after a restart).
-    fn over(vendor: Arc<Fake>, store: Arc<MemoryStore>, clock: Arc<AtomicU64>) -> Harness {
-        let toml = r#"
+    fn over(
+        vendor: Arc<Fake>,
+        store: Arc<MemoryStore>,
+        clock: Arc<AtomicU64>,
+        extra: &str,
+    ) -> Harness {
+        let toml = format!(
+            r#"
                 [providers.p]
                 kind = "simulated"
                 [routes.r]
                 provider = "p"
                 workflow_id = "wf"
-                verify = { kind = "none" }
+                verify = {{ kind = "none" }}
                 waiting_timeout = "10m"
-            "#;
+                {extra}
+            "#
+        );
         let cfg = config::Config::builder()
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .add_source(config::File::from_str(&toml, config::FileFormat::Toml))
             .build()
             .unwrap();
         let settings = crate::config::Settings::from_config(cfg).unwrap();
@@ -352,7 +365,12 @@ impl Harness {
     /// killed: whatever it kept in memory is gone).
     fn restart(&self) -> Harness {
         self.advance(Duration::from_secs(1));
-        Harness::over(self.vendor.clone(), self.store.clone(), self.clock.clone())
+        Harness::over(
+            self.vendor.clone(),
+            self.store.clone(),
+            self.clock.clone(),
+            "",
+        )
     }
 
     fn now(&self) -> Timestamp {

@@ -125,3 +125,82 @@ async fn a_candidate_of_a_run_that_ended_start_uncertain_is_not_adopted() {
     assert_eq!(r.error().as_ref().unwrap()["code"], "start_uncertain");
     assert_eq!(h.calls(), ["reconcile", "reconcile"]);
 }
+
+#[tokio::test]
+async fn polls_whose_answer_changes_nothing_are_saved_quietly() {
+    let v = fake(true, CancelSupport::Vendor);
+    let mut polls: VecDeque<_> = (0..9)
+        .map(|_| Ok(obs(RunStatus::Running, "running")))
+        .collect();
+    polls.push_back(Ok(obs(RunStatus::Succeeded, "completed")));
+    *v.polls.lock().unwrap() = polls;
+    let h = Harness::new(v);
+    let id = h.accept().await;
+    let r = until_done(&h, id).await;
+    assert_eq!(r.status(), RunStatus::Succeeded);
+    assert_eq!(r.polls(), 10, "quiet saves are read back");
+    assert_eq!(h.calls().iter().filter(|c| **c == "poll").count(), 10);
+    // started, the first poll (queued -> running), the terminal poll.
+    assert_eq!(h.store.durable_saves(), 3);
+    assert_eq!(h.store.quiet_saves(), 8, "running, running, ...");
+}
+
+#[tokio::test]
+async fn a_failed_poll_is_durable() {
+    let v = fake(true, CancelSupport::Vendor);
+    *v.polls.lock().unwrap() = [Err(ProviderError::Transient {
+        kind: crate::providers::FailureKind::Other,
+        detail: "HTTP 502".into(),
+        retry_after: None,
+    })]
+    .into();
+    let h = Harness::new(v);
+    let id = h.accept().await;
+    h.step(id).await;
+    let r = h.step(id).await;
+    assert_eq!(r.failures(), 1);
+    assert_eq!(h.store.durable_saves(), 2, "started, failed poll");
+    assert_eq!(h.store.quiet_saves(), 0);
+}
+
+/// A receiver on loopback answering every callback 200; returns its URL
+/// and how many callbacks it got.
+async fn receiver() -> (String, Arc<AtomicUsize>) {
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move || {
+            g.fetch_add(1, Ordering::SeqCst);
+            async { "" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/cb"), got)
+}
+
+#[tokio::test]
+async fn the_step_that_ends_a_run_sends_its_callback_after_the_terminal_save() {
+    let (url, got) = receiver().await;
+    let v = fake(true, CancelSupport::Vendor);
+    *v.polls.lock().unwrap() = [Ok(obs(RunStatus::Succeeded, "completed"))].into();
+    let extra = format!(
+        "[[routes.r.callbacks]]\nurl = \"{url}\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+         [delivery]\nallow_destinations = [\"127.0.0.1/32\"]"
+    );
+    let h = Harness::with_extra(v, &extra);
+    let id = h.accept().await;
+    h.step(id).await;
+    let r = h.step(id).await;
+    assert_eq!(
+        got.load(Ordering::SeqCst),
+        1,
+        "sent in the terminal step: {r:?}"
+    );
+    assert_eq!((r.phase(), r.status()), (Phase::Done, RunStatus::Succeeded));
+    assert_eq!(r.deliveries()[0].attempts.len(), 1);
+    // started, terminal (durable before the callback), delivery result.
+    assert_eq!(h.store.durable_saves(), 3);
+}
