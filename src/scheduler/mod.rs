@@ -459,7 +459,6 @@ impl Scheduler {
     /// [`Scheduler::persist`], with `save_quiet` when `run` differs from
     /// `loaded` only quietly.
     async fn persist_as(&self, run: &mut Run, loaded: Option<&Run>) -> Result<(), StoreError> {
-        self.keep_cancel(run);
         let quiet = loaded.is_some_and(|l| run.changed_only_quietly(l));
         let mut attempt = 0u32;
         loop {
@@ -504,18 +503,6 @@ impl Scheduler {
                     return Err(error);
                 }
             }
-        }
-    }
-
-    /// A cancel request the admin API saved while this step held the run
-    /// would be overwritten by the step's save: carry it over.
-    fn keep_cancel(&self, run: &mut Run) {
-        if run.cancel().is_some() || !run.is_unfinished() || run.phase() == Phase::Terminal {
-            return;
-        }
-        if let Ok(Some(stored)) = self.store.get_run(run.id()) {
-            let now = self.now();
-            run.adopt_cancel(&stored, now);
         }
     }
 

@@ -204,3 +204,72 @@ async fn the_step_that_ends_a_run_sends_its_callback_after_the_terminal_save() {
     // started, terminal (durable before the callback), delivery result.
     assert_eq!(h.store.durable_saves(), 3);
 }
+
+/// Works `id` as the loop does, holding its claim while the step runs.
+fn claimed_step(h: &Harness, id: RunId) -> tokio::task::JoinHandle<()> {
+    let s = h.s.clone();
+    let at = h.run(id).due_at().unwrap();
+    assert!(s.in_flight.lock().unwrap().insert(id));
+    let claim = Claim {
+        scheduler: s.clone(),
+        id,
+        permit: None,
+    };
+    tokio::spawn(async move {
+        s.step(at, id).await;
+        drop(claim);
+    })
+}
+
+#[tokio::test]
+async fn a_cancel_during_a_slow_poll_is_neither_lost_nor_clobbers_the_poll() {
+    let (h, gate) = gated(true);
+    *h.vendor.polls.lock().unwrap() = [Ok(obs(RunStatus::Running, "running"))].into();
+    let id = h.accept().await;
+    gate.add_permits(1);
+    assert_eq!(h.step(id).await.status(), RunStatus::Queued);
+    h.clock
+        .store(h.run(id).due_at().unwrap().0, Ordering::SeqCst);
+    let step = claimed_step(&h, id);
+    h.vendor.entered.notified().await;
+    // The poll is at the vendor; the operator cancels (as the admin API does).
+    let (s, now) = (h.s.clone(), h.now());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let cancel = tokio::spawn(async move {
+        s.modify_run_by(id, deadline, |r| r.request_cancel(now).map(|()| true))
+            .await
+    });
+    tokio::task::yield_now().await;
+    assert!(!cancel.is_finished(), "the cancel waits for the step");
+    gate.add_permits(1);
+    step.await.unwrap();
+    cancel.await.unwrap().unwrap();
+    let r = h.run(id);
+    assert_eq!(r.status(), RunStatus::Running, "the poll's transition kept");
+    assert_eq!(r.polls(), 1);
+    assert_eq!(r.cancel().as_ref().unwrap().phase, CancelPhase::Requested);
+    assert!(r.due_at().unwrap() <= h.now(), "the cancel is due at once");
+    let r = h.step(id).await;
+    assert_eq!(r.cancel().as_ref().unwrap().phase, CancelPhase::Pending);
+    assert_eq!(h.calls(), ["start", "poll", "cancel"]);
+}
+
+#[tokio::test]
+async fn a_cancel_that_cannot_get_the_run_in_time_is_busy_and_changes_nothing() {
+    let (h, gate) = gated(true);
+    let id = h.accept().await;
+    let step = claimed_step(&h, id);
+    h.vendor.entered.notified().await;
+    let now = h.now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+    let e =
+        h.s.modify_run_by(id, deadline, |r| r.request_cancel(now).map(|()| true))
+            .await
+            .unwrap_err();
+    assert!(matches!(e, ModifyError::Busy), "{e}");
+    gate.add_permits(1);
+    step.await.unwrap();
+    let r = h.run(id);
+    assert_eq!(r.phase(), Phase::Tracking);
+    assert!(r.cancel().is_none(), "nothing recorded: the caller retries");
+}
