@@ -11,6 +11,7 @@ mod cancel;
 mod delivery;
 mod id;
 mod quiet;
+mod record;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,7 @@ pub use delivery::{
 };
 pub use id::RunId;
 pub use quiet::QuietState;
+pub use record::{Fixed, FixedRef, State, StateRef};
 pub use status::{Observation, Phase, RunStatus, StatusChange};
 
 use crate::time::Timestamp;

@@ -104,20 +104,33 @@ pub(super) struct DeliveryMeta {
     state: DeliveryState,
 }
 
-/// The fields of a run its index keys derive from: taken from a [`Run`],
-/// or decoded from a stored record without decoding all of it.
+/// The index fields of a run's fixed part (they never change).
 #[derive(Deserialize)]
+struct FixedMeta {
+    id: RunId,
+    route: String,
+    provider: String,
+    #[serde(default)]
+    delivery_id: Option<String>,
+}
+
+/// The index fields of a run's state (they change with transitions).
+#[derive(Deserialize)]
+pub(super) struct StateMeta {
+    pub(super) phase: Phase,
+    status: RunStatus,
+    #[serde(default)]
+    deliveries: Vec<DeliveryMeta>,
+}
+
+/// The fields of a run its index keys derive from: taken from a [`Run`],
+/// or decoded from its stored parts without decoding all of them.
 pub(super) struct IndexMeta {
     pub(super) id: RunId,
     route: String,
     provider: String,
-    pub(super) phase: Phase,
-    status: RunStatus,
-    #[serde(default)]
     delivery_id: Option<String>,
-    pub(super) due_at: Option<Timestamp>,
-    #[serde(default)]
-    deliveries: Vec<DeliveryMeta>,
+    pub(super) state: StateMeta,
 }
 
 /// Every index key of one run.
@@ -156,28 +169,47 @@ impl IndexMeta {
             id: run.id(),
             route: run.route().to_string(),
             provider: run.provider().to_string(),
-            phase: run.phase(),
-            status: run.status(),
             delivery_id: run.delivery_id().clone(),
-            due_at: run.due_at(),
-            deliveries: run
-                .deliveries()
-                .iter()
-                .map(|d| DeliveryMeta { state: d.state })
-                .collect(),
+            state: StateMeta {
+                phase: run.phase(),
+                status: run.status(),
+                deliveries: run
+                    .deliveries()
+                    .iter()
+                    .map(|d| DeliveryMeta { state: d.state })
+                    .collect(),
+            },
         }
     }
 
-    /// Decodes the index fields of a stored record (`None` if it cannot).
-    pub(super) fn decode(record: &[u8]) -> Option<IndexMeta> {
-        serde_json::from_slice(record).ok()
+    /// Decodes the index fields of a stored run (`None` if it cannot).
+    pub(super) fn decode(fixed: &[u8], state: &[u8]) -> Option<IndexMeta> {
+        let f: FixedMeta = serde_json::from_slice(fixed).ok()?;
+        Some(IndexMeta {
+            id: f.id,
+            route: f.route,
+            provider: f.provider,
+            delivery_id: f.delivery_id,
+            state: serde_json::from_slice(state).ok()?,
+        })
+    }
+
+    /// The keys this run had in a stored (older) state: its fixed fields
+    /// cannot have changed, so only the state is decoded.
+    pub(super) fn keys_in_state(&self, state: &[u8]) -> Option<IndexKeys> {
+        let old: StateMeta = serde_json::from_slice(state).ok()?;
+        Some(self.keys_with(&old))
     }
 
     /// Every index key of this run.
     pub(super) fn keys(&self) -> IndexKeys {
+        self.keys_with(&self.state)
+    }
+
+    fn keys_with(&self, state: &StateMeta) -> IndexKeys {
         let id = self.id.to_bytes();
         let route = self.route.as_bytes();
-        let (status, phase) = (status_code(self.status), phase_code(self.phase));
+        let (status, phase) = (status_code(state.status), phase_code(state.phase));
         let mut runs = vec![
             key(&[&[ROUTE_STATUS_PHASE], route, &[0, status, phase], &id]),
             key(&[&[PROVIDER], self.provider.as_bytes(), &[0], &id]),
@@ -186,7 +218,7 @@ impl IndexMeta {
             runs.push(key(&[&[DELIVERY_ID], d.as_bytes(), &[0], route, &[0], &id]));
         }
         let mut deliveries = Vec::new();
-        for (i, d) in self.deliveries.iter().enumerate() {
+        for (i, d) in state.deliveries.iter().enumerate() {
             let Some(code) = state_code(d.state) else {
                 continue;
             };

@@ -4,6 +4,7 @@
 //! stale or missing keys.
 
 use super::index::IndexMeta;
+use super::tests::reopen;
 use super::*;
 use crate::run::{Attempt, DeliveryState, Observation, RunSpec, RunStatus, Target};
 use crate::store::memory::MemoryStore;
@@ -85,12 +86,13 @@ fn keys(tree: &sled::Tree) -> BTreeSet<Vec<u8>> {
 }
 
 /// The index holds exactly the keys its runs call for.
-fn assert_index_consistent(store: &SledStore) {
+pub(super) fn assert_index_consistent(store: &SledStore) {
     let trees = store.inner().unwrap().trees.clone();
     let (mut runs, mut deliveries) = (BTreeSet::new(), BTreeSet::new());
-    for item in trees.runs.iter() {
-        let (_, v) = item.unwrap();
-        let k = IndexMeta::decode(&v).unwrap().keys();
+    for item in trees.state.iter() {
+        let (id, state) = item.unwrap();
+        let fixed = trees.runs.get(&id).unwrap().unwrap();
+        let k = IndexMeta::decode(&fixed, &state).unwrap().keys();
         runs.extend(k.runs);
         deliveries.extend(k.deliveries);
     }
@@ -448,13 +450,13 @@ async fn a_store_written_before_the_index_gets_it_built_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut runs = Vec::new();
     {
-        // What the previous version wrote: runs and due entries, no index.
+        // What an older version wrote: whole records, no index.
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("runs").unwrap();
         for i in 0..20 {
             let mut run = accepted(&format!("r{}", i % 2), "p", None);
             advance(&mut run, i);
-            tree.insert(run.id().to_bytes(), encode(&run).unwrap())
+            tree.insert(run.id().to_bytes(), serde_json::to_vec(&run).unwrap())
                 .unwrap();
             runs.push(run);
         }
@@ -474,13 +476,13 @@ async fn a_store_written_before_the_index_gets_it_built_once() {
         .collect();
     assert!(!want.is_empty());
     {
-        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path()).await;
         assert!(store.index_built_at_open().is_some(), "built at open");
         assert_index_consistent(&store);
         assert_eq!(ids(&store.list_runs(&q).unwrap()), want);
         store.close().await.unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert!(store.index_built_at_open().is_none(), "not built again");
     assert_eq!(ids(&store.list_runs(&q).unwrap()), want);
     store.close().await.unwrap();
@@ -495,7 +497,7 @@ async fn a_store_written_before_the_index_gets_it_built_once() {
         assert_eq!(store.list_runs(&q).unwrap().len(), want.len(), "scans");
         store.close().await.unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert!(store.index_built_at_open().is_some());
     assert_index_consistent(&store);
 }
@@ -552,7 +554,7 @@ async fn the_index_stays_consistent_across_reopen_and_repairs_a_crash() {
         .map(|r| r.id())
         .collect();
     {
-        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let store = reopen(dir.path()).await;
         assert_index_consistent(&store);
         assert_eq!(ids(&store.list_runs(&q).unwrap()), want);
         store.close().await.unwrap();
@@ -568,7 +570,7 @@ async fn the_index_stays_consistent_across_reopen_and_repairs_a_crash() {
         db.remove(CLEAN_MARKER).unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert!(
         store.index_built_at_open().is_none(),
         "verified, not rebuilt"

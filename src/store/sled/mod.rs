@@ -1,12 +1,23 @@
 //! The embedded default store on sled 0.34.
 //!
-//! Trees: `runs` (run id -> JSON record), `dedupe` (route NUL delivery id ->
-//! run id ++ expiry), `due` (due ms big-endian ++ run id -> empty), so a
-//! range scan up to "now" yields due runs in time order, `meta` (operator
-//! settings), and the index trees `idx_runs` and `idx_deliveries` (see
-//! `index.rs`), which the applier keeps with each run in the same batch and
-//! the admin queries walk newest first (`query.rs`). A store written before
-//! the index existed gets it built once at open (marker `runbridge.index`).
+//! Trees: a run is two JSON records under its id (`crate::run::record`):
+//! `runs` holds what never changes after acceptance (route, provider,
+//! workflow, inputs, delivery id), written once at create, and `state` the
+//! small mutable rest, which each durable transition rewrites alone.
+//! `dedupe` (route NUL delivery id -> run id ++ expiry), `meta` (operator
+//! settings), and the index trees
+//! `idx_runs` and `idx_deliveries` (see `index.rs`), which the applier keeps
+//! with each run in the same batch and the admin queries walk newest first
+//! (`query.rs`). A store written before the index existed gets it built once
+//! at open (marker `runbridge.index`).
+//!
+//! The due index lives in memory only (`due.rs`): rebuilt at every open from
+//! the runs' own `due_at`, with overdue tracked runs spread over a short
+//! window. Beside it, the quiet overlay keeps transitions a restart does not
+//! need ([`Store::save_quiet`]) without writing them; reads lay it over the
+//! record. A store written by a version with an on-disk `due` tree has that
+//! tree dropped at open; one with whole records in `runs` has them split
+//! once at open (marker `runbridge.format`, see `open.rs`).
 //!
 //! Group commit: callers send encoded writes to one applier thread, which
 //! applies each batch (in a crash-safe write order, see [`Trees`]) and hands
@@ -23,8 +34,8 @@
 //! recovery thread retries with backoff (250 ms doubling to 2 s). Each
 //! attempt first checks that the filesystem takes a small file, then drops
 //! every sled handle (which releases sled's directory lock and its sticky
-//! error), opens the directory again in-process, reloads the due index,
-//! repairs it, and confirms with a probe write and flush. Writes that were
+//! error), opens the directory again in-process, rebuilds the due index
+//! (dropping the quiet overlay), and confirms with a probe write and flush. Writes that were
 //! never flushed are gone, as after a crash; the reopened store holds the
 //! last durable state and callers persist their transitions again.
 
@@ -39,14 +50,19 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+mod due;
 mod fault;
 mod index;
+mod open;
 mod query;
 mod trees;
+mod writer;
 
+use due::DueIndex;
 use fault::{recover_loop, FaultCell, Shared};
-use index::IndexKeys;
-use trees::{parse_dedupe_value, DueIndex, IndexRepair, RetentionMeta, StaleKey, Trees};
+use index::{IndexKeys, IndexMeta};
+use trees::{parse_dedupe_value, IndexRepair, RetentionMeta, StaleKey, Trees};
+use writer::{apply_loop, flush_loop};
 
 /// Default-tree key holding the index layout version once the index is
 /// complete (absent in stores written before the index existed).
@@ -61,44 +77,40 @@ const MAX_BATCH: usize = 2048;
 enum Op {
     Create {
         id: RunId,
-        record: Vec<u8>,
+        fixed: Vec<u8>,
+        state: Vec<u8>,
         due: Option<Timestamp>,
         dedupe: Option<DedupeKey>,
         index: IndexKeys,
     },
+    /// A durable transition: the new state. `meta` (the run's index fields,
+    /// `None` without the index) turns the old state into the old keys.
     Save {
         id: RunId,
-        record: Vec<u8>,
+        state: Vec<u8>,
         due: Option<Timestamp>,
+        meta: Option<IndexMeta>,
         index: IndexKeys,
-    },
-    ForgetDue {
-        at: Timestamp,
-        id: RunId,
     },
     /// Dedupe records seen expired by the sweeper: (key, stored value).
     ForgetDedupe(Vec<(sled::IVec, sled::IVec)>),
-    /// Finished runs past retention: (run key, stored record as seen), each
-    /// removed with its due entry and dedupe key only if still unchanged.
+    /// Finished runs past retention: (run key, stored state as seen), each
+    /// removed with its dedupe key and index keys only if still unchanged.
     ForgetRuns(Vec<(sled::IVec, sled::IVec)>),
     /// Index keys readers found stale; each removed only if still stale.
     ForgetIndex(Vec<StaleKey>),
     /// An operator setting: set, or with `None` removed.
-    PutMeta {
-        key: String,
-        value: Option<Vec<u8>>,
-    },
+    PutMeta { key: String, value: Option<Vec<u8>> },
 }
 
 impl Op {
     /// Kinds of op, in the order of [`Op::kind`], as the `op` label of
     /// `runbridge_store_writes_total`. A create that found a live duplicate
     /// writes nothing and is counted apart.
-    const KINDS: [&'static str; 8] = [
+    const KINDS: [&'static str; 7] = [
         "create",
         "create_duplicate",
         "save",
-        "forget_due",
         "forget_dedupe",
         "forget_runs",
         "forget_index",
@@ -111,11 +123,10 @@ impl Op {
             Op::Create { .. } if matches!(result, Created::Duplicate(_)) => 1,
             Op::Create { .. } => 0,
             Op::Save { .. } => 2,
-            Op::ForgetDue { .. } => 3,
-            Op::ForgetDedupe(_) => 4,
-            Op::ForgetRuns(_) => 5,
-            Op::ForgetIndex(_) => 6,
-            Op::PutMeta { .. } => 7,
+            Op::ForgetDedupe(_) => 3,
+            Op::ForgetRuns(_) => 4,
+            Op::ForgetIndex(_) => 5,
+            Op::PutMeta { .. } => 6,
         }
     }
 }
@@ -160,11 +171,18 @@ impl Inner {
                     StoreError::Backend(format!("cannot open {}: {text}", path.display()))
                 }
             })?;
-        let trees = Trees {
+        // Written by versions that kept the due index on disk: the index is
+        // rebuilt from the runs at every open now (see `due.rs`).
+        if db.tree_names().iter().any(|n| n.as_ref() == b"due") {
+            db.drop_tree("due").map_err(backend)?;
+            tracing::info!("dropped the on-disk due index of an older version (once)");
+        }
+        let mut trees = Trees {
             runs: db.open_tree("runs").map_err(backend)?,
+            state: db.open_tree("state").map_err(backend)?,
             dedupe: db.open_tree("dedupe").map_err(backend)?,
             meta: db.open_tree("meta").map_err(backend)?,
-            due: DueIndex::load(db.open_tree("due").map_err(backend)?)?,
+            due: Arc::new(DueIndex::default()),
             idx_runs: db.open_tree("idx_runs").map_err(backend)?,
             idx_deliveries: db.open_tree("idx_deliveries").map_err(backend)?,
             indexed,
@@ -172,6 +190,7 @@ impl Inner {
         // Removed before any write, so it is gone from disk as soon as
         // anything written after it is.
         let clean = db.remove(CLEAN_MARKER).map_err(backend)?.is_some();
+        open::migrate(&db, &trees)?;
         let current = db.get(INDEX_MARKER).map_err(backend)?;
         let mode = match (indexed, current.as_deref() == Some(index::VERSION), clean) {
             (false, _, _) => {
@@ -192,7 +211,8 @@ impl Inner {
             trees.idx_deliveries.clear().map_err(backend)?;
             tracing::info!(runs = trees.runs.len(), "building the run index (once)");
         }
-        let unfinished = trees.repair(mode)?;
+        let (unfinished, due) = trees.repair(mode)?;
+        trees.due = Arc::new(due);
         let mut index_built = None;
         if mode == IndexRepair::Build {
             db.insert(INDEX_MARKER, index::VERSION).map_err(backend)?;
@@ -334,131 +354,24 @@ impl SledStore {
         }
     }
 
-    /// The index keys of `run` to write with it (none without the index).
-    fn keys_of(&self, run: &Run) -> IndexKeys {
-        if self.shared.indexed {
-            index::IndexMeta::of(run).keys()
-        } else {
-            IndexKeys::default()
-        }
+    /// The index fields of `run` (none without the index).
+    fn meta_of(&self, run: &Run) -> Option<IndexMeta> {
+        self.shared.indexed.then(|| IndexMeta::of(run))
     }
 }
 
-fn apply_loop(
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    shared: Arc<Shared>,
-    flush_tx: std_mpsc::Sender<(Arc<Inner>, Answers)>,
-) {
-    while let Some(first) = rx.blocking_recv() {
-        let started = std::time::Instant::now();
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        // During a fault, queued writes fail fast without a sled call.
-        let inner = match shared.inner() {
-            Ok(inner) if !shared.fault.is_set() => inner,
-            _ => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(shared.fail_fast()));
-                }
-                continue;
-            }
-        };
-        let mut failed = false;
-        // Write operations applied, by kind: counted per batch, not per op,
-        // so counting costs one registry lookup per kind and batch.
-        let mut applied = [0u64; Op::KINDS.len()];
-        let answers: Answers = jobs
-            .into_iter()
-            .map(|job| {
-                if failed {
-                    return (job.reply, Err(shared.fail_fast()));
-                }
-                let result = inner.trees.apply(&job.op).map_err(|e| {
-                    failed = true;
-                    shared.report(format!("write failed: {e}"));
-                    backend(e)
-                });
-                if let Ok(created) = &result {
-                    applied[job.op.kind(created)] += 1;
-                }
-                (job.reply, result)
-            })
-            .collect();
-        for (op, n) in Op::KINDS.iter().zip(applied) {
-            if n > 0 {
-                metrics::counter!("runbridge_store_writes_total", "op" => *op).increment(n);
-            }
-        }
-        tracing::trace!(
-            writes = answers.len(),
-            apply_us = started.elapsed().as_micros() as u64,
-            "batch applied"
-        );
-        if flush_tx.send((inner, answers)).is_err() {
-            break;
-        }
-    }
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
 }
 
-fn flush_loop(rx: std_mpsc::Receiver<(Arc<Inner>, Answers)>, shared: Arc<Shared>) {
-    while let Ok(first) = rx.recv() {
-        let mut groups = vec![first];
-        while let Ok(g) = rx.try_recv() {
-            groups.push(g);
-        }
-        let Some(flushed_inner) = groups.last().map(|(inner, _)| inner.clone()) else {
-            continue;
-        };
-        let started = std::time::Instant::now();
-        let flushed = if shared.fault.is_set() {
-            // sled would only repeat its sticky error.
-            Err(shared.unavailable())
-        } else {
-            flushed_inner.db.flush().map_err(|e| {
-                shared.report(format!("flush failed: {e}"));
-                StoreError::Backend(format!("flush failed: {e}"))
-            })
-        };
-        if flushed.is_ok() {
-            metrics::counter!("runbridge_store_flushes_total").increment(1);
-        }
-        metrics::histogram!("runbridge_store_flush_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("runbridge_store_batch_writes")
-            .record(groups.iter().map(|(_, a)| a.len()).sum::<usize>() as f64);
-        tracing::trace!(
-            groups = groups.len(),
-            bytes = flushed.as_ref().copied().unwrap_or(0),
-            flush_us = started.elapsed().as_micros() as u64,
-            "flushed"
-        );
-        for (inner, answers) in groups {
-            // A batch applied to a database that has since been replaced
-            // was never made durable by this flush.
-            let same = Arc::ptr_eq(&inner, &flushed_inner);
-            for (reply, result) in answers {
-                let answer = match &flushed {
-                    Ok(_) if same => result,
-                    Ok(_) => Err(StoreError::Unavailable("the store was reopened".into())),
-                    Err(e) => Err(e.clone()),
-                };
-                let _ = reply.send(answer);
-            }
-        }
-    }
+/// A run's fixed part, as stored in `runs`.
+fn encode_fixed(run: &Run) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&run.fixed_part()).map_err(corrupt)
 }
 
-fn decode(bytes: &[u8]) -> Result<Run, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-fn encode(run: &Run) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(run).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// A run's state, as stored in `state`.
+fn encode_state(run: &Run) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&run.state_part()).map_err(corrupt)
 }
 
 #[async_trait]
@@ -470,30 +383,37 @@ impl Store for SledStore {
     ) -> Result<Created, StoreError> {
         let op = Op::Create {
             id: run.id(),
-            record: encode(run)?,
+            fixed: encode_fixed(run)?,
+            state: encode_state(run)?,
             due: run.due_at(),
             dedupe,
-            index: self.keys_of(run),
+            index: self.meta_of(run).map(|m| m.keys()).unwrap_or_default(),
         };
         self.submit(op).await
     }
 
+    async fn save_quiet(&self, run: &Run) -> Result<(), StoreError> {
+        // Memory only, no flush: the overlay and the due index take it at
+        // once; a later durable save of the run drops the overlay.
+        self.inner()?.trees.due.quiet(run.id(), run.quiet_state());
+        metrics::counter!("runbridge_store_quiet_saves_total").increment(1);
+        Ok(())
+    }
+
     async fn save_run(&self, run: &Run) -> Result<(), StoreError> {
+        let meta = self.meta_of(run);
         let op = Op::Save {
             id: run.id(),
-            record: encode(run)?,
+            state: encode_state(run)?,
             due: run.due_at(),
-            index: self.keys_of(run),
+            index: meta.as_ref().map(|m| m.keys()).unwrap_or_default(),
+            meta,
         };
         self.submit(op).await.map(|_| ())
     }
 
     fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
-        let inner = self.inner()?;
-        match inner.trees.runs.get(id.to_bytes()).map_err(backend)? {
-            Some(v) => decode(&v).map(Some),
-            None => Ok(None),
-        }
+        self.inner()?.trees.load(id)
     }
 
     fn list_runs(&self, q: &RunQuery) -> Result<Vec<Run>, StoreError> {
@@ -533,9 +453,9 @@ impl Store for SledStore {
         skip: &dyn Fn(RunId) -> bool,
     ) -> Result<Vec<(Timestamp, RunId)>, StoreError> {
         let inner = self.inner()?;
-        let entries = inner.trees.due.entries();
-        Ok(entries
-            .range(..=(until, RunId::MAX))
+        let due = inner.trees.due.lock();
+        Ok(due
+            .range(until)
             .filter(|(_, id)| !skip(*id))
             .take(limit)
             .copied()
@@ -547,7 +467,7 @@ impl Store for SledStore {
     }
 
     fn due_len(&self) -> Result<usize, StoreError> {
-        Ok(self.inner()?.trees.due.entries().len())
+        Ok(self.inner()?.trees.due.lock().len())
     }
 
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
@@ -588,7 +508,9 @@ impl Store for SledStore {
     }
 
     async fn forget_due(&self, at: Timestamp, id: RunId) -> Result<(), StoreError> {
-        self.submit(Op::ForgetDue { at, id }).await.map(|_| ())
+        // Memory only: the index is rebuilt from the records at open.
+        self.inner()?.trees.due.forget(at, id);
+        Ok(())
     }
 
     async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError> {
@@ -601,13 +523,13 @@ impl Store for SledStore {
                 .unwrap_or_else(|p| p.into_inner());
             let mut seen = 0;
             let mut last = None;
-            for item in inner.trees.runs.range(cursor.clone()..) {
+            for item in inner.trees.state.range(cursor.clone()..) {
                 if seen == budget {
                     break;
                 }
                 seen += 1;
                 let (k, v) = item.map_err(backend)?;
-                // An undecodable record is kept: it may be a newer format.
+                // An undecodable state is kept: it may be a newer format.
                 if let Ok(m) = serde_json::from_slice::<RetentionMeta>(&v) {
                     if m.phase == Phase::Done && m.updated_at <= before {
                         old.push((k.clone(), v));
@@ -675,5 +597,7 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod index_tests;
+#[cfg(test)]
+mod migrate_tests;
 #[cfg(test)]
 mod tests;

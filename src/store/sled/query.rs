@@ -2,12 +2,12 @@
 //! walk the index newest first, load each candidate run and check the whole
 //! query against it, stop at the limit.
 
+use super::backend;
 use super::index::{
     after_route, id_num, needs_routes, plan_deliveries, plan_runs, route_of, routes_start,
     DeliveryPlan, IndexMeta, Plan, DELIVERY_SUFFIX, ID_LEN,
 };
 use super::trees::{IndexTree, StaleKey, Trees};
-use super::{backend, decode};
 use crate::run::{Run, RunId};
 use crate::store::{DeliveryQuery, RunQuery, StoreError};
 
@@ -102,10 +102,7 @@ fn run_id(n: u128) -> RunId {
 
 /// The run `id`, if stored and decodable.
 fn load(trees: &Trees, id: u128) -> Result<Option<Run>, StoreError> {
-    match trees.runs.get(id.to_be_bytes()).map_err(backend)? {
-        Some(v) => decode(&v).map(Some),
-        None => Ok(None),
-    }
+    trees.load(run_id(id))
 }
 
 /// Runs matching `q`, newest first; index keys found stale go to `stale`.
@@ -137,8 +134,10 @@ pub(super) fn list_runs(
         Plan::Scan { lo, hi } => {
             let range = trees.runs.range(lo.to_be_bytes()..=hi.to_be_bytes());
             for item in range.rev() {
-                let (_, v) = item.map_err(backend)?;
-                let run = decode(&v)?;
+                let (k, v) = item.map_err(backend)?;
+                let Some(run) = trees.with_state(&k, &v)? else {
+                    continue;
+                };
                 if q.matches(&run) {
                     out.push(run);
                     if out.len() >= q.limit {
@@ -358,8 +357,10 @@ fn scan_deliveries(trees: &Trees, q: &DeliveryQuery) -> Result<Vec<(Run, u32)>, 
     };
     let mut out = Vec::new();
     for item in iter.rev() {
-        let (_, v) = item.map_err(backend)?;
-        let run = decode(&v)?;
+        let (k, v) = item.map_err(backend)?;
+        let Some(run) = trees.with_state(&k, &v)? else {
+            continue;
+        };
         if !q.matches_run(&run) {
             continue;
         }

@@ -3,12 +3,29 @@
 use super::trees::*;
 use super::*;
 use crate::run::{Phase, RunSpec};
+use std::path::Path;
 use std::time::Duration;
 
 /// The earliest due time, as the scheduler reads it.
 fn next_due(store: &SledStore) -> Option<Timestamp> {
     let first = store.due(Timestamp(u64::MAX), 1, &|_| false).unwrap();
     first.first().map(|(at, _)| *at)
+}
+
+/// Opens `dir` again once every handle of a previous open is gone (sled's
+/// own threads let go of its lock a moment after the last drop).
+pub(super) async fn reopen(dir: &Path) -> SledStore {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir, 1 << 20) {
+            Ok(store) => return store,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "still locked");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen: {e}"),
+        }
+    }
 }
 
 fn run_at(now: u64) -> Run {
@@ -105,7 +122,7 @@ async fn survives_reopen_and_lists_newest_first() {
         }
         store.close().await.unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     let all = store
         .list_runs(&RunQuery {
             limit: 10,
@@ -135,44 +152,61 @@ async fn survives_reopen_and_lists_newest_first() {
     assert_eq!(store.unfinished_at_open(), 5);
 }
 
+/// The raw sled database of a closed store, once sled lets go of it.
+pub(super) async fn raw_db(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot open: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn partial_writes_left_by_a_crash_are_repaired_or_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let orphan = run_at(1_000);
+    let durable = run_at(1_000);
+    let orphan = run_at(1_500);
     let ghost = RunId::new();
     {
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
-        // A crash after the run record but before its due entry...
-        store
-            .inner()
+        store.create_run(&durable, None).await.unwrap();
+        store.close().await.unwrap();
+    }
+    {
+        // What a crash leaves: a create cut off after the fixed part,
+        // another after its dedupe key, and no clean close.
+        let db = raw_db(dir.path()).await;
+        db.open_tree("runs")
             .unwrap()
-            .trees
-            .runs
-            .insert(orphan.id().to_bytes(), encode(&orphan).unwrap())
+            .insert(orphan.id().to_bytes(), encode_fixed(&orphan).unwrap())
             .unwrap();
-        // ...and one after a dedupe key but before its run.
         let dk = DedupeKey {
             route: "r".into(),
             delivery_id: "d".into(),
             expires_at: Timestamp(u64::MAX),
         };
         let v = dedupe_value(ghost, Timestamp(u64::MAX));
-        store
-            .inner()
+        db.open_tree("dedupe")
             .unwrap()
-            .trees
-            .dedupe
             .insert(dedupe_key(&dk), &v)
             .unwrap();
-        store.close().await.unwrap();
+        db.remove(CLEAN_MARKER).unwrap();
+        db.flush().unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert_eq!(store.unfinished_at_open(), 1);
     let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
-    assert_eq!(
-        due,
-        vec![(Timestamp(1_000), orphan.id())],
-        "due entry restored"
+    assert_eq!(due, vec![(Timestamp(1_000), durable.id())]);
+    assert_eq!(store.get_run(orphan.id()).unwrap(), None, "never durable");
+    let trees = store.inner().unwrap().trees.clone();
+    assert!(
+        !trees.runs.contains_key(orphan.id().to_bytes()).unwrap(),
+        "the fixed part without its state is removed"
     );
     let retry = run_at(2_000);
     let dk = DedupeKey {
@@ -185,6 +219,10 @@ async fn partial_writes_left_by_a_crash_are_repaired_or_ignored() {
         Created::New,
         "a dedupe key without its run does not swallow the retry"
     );
+    // A save of a run that has no state writes nothing.
+    store.save_run(&orphan).await.unwrap();
+    assert_eq!(store.get_run(orphan.id()).unwrap(), None);
+    assert!(!trees.state.contains_key(orphan.id().to_bytes()).unwrap());
 }
 
 #[tokio::test]
@@ -253,7 +291,7 @@ async fn retention_removes_old_finished_runs_and_nothing_else() {
     }
     let trees = store.inner().unwrap().trees.clone();
     assert_eq!((trees.runs.len(), trees.dedupe.len()), (4, 4));
-    let due_before = trees.due.entries().len();
+    let due_before = trees.due.lock().len();
 
     // Budget 1 per pass: the cursor moves on and wraps; four passes see
     // every run once.
@@ -274,7 +312,7 @@ async fn retention_removes_old_finished_runs_and_nothing_else() {
     assert!(trees.dedupe.contains_key(dedupe_key(&new_done.1)).unwrap());
     assert!(trees.dedupe.contains_key(dedupe_key(&old_open.1)).unwrap());
     assert_eq!(
-        trees.due.entries().len(),
+        trees.due.lock().len(),
         due_before,
         "the unfinished run keeps its due entry"
     );
@@ -300,21 +338,138 @@ async fn retention_removes_old_finished_runs_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn stale_due_entries_can_be_forgotten() {
+async fn forget_due_removes_only_the_current_entry() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), 1 << 20).unwrap();
     let r = run_at(1_000);
     store.create_run(&r, None).await.unwrap();
-    store
-        .inner()
-        .unwrap()
-        .trees
-        .due
-        .insert(Timestamp(500), r.id())
-        .unwrap();
     store.forget_due(Timestamp(500), r.id()).await.unwrap();
     let due = store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap();
-    assert_eq!(due, vec![(Timestamp(1_000), r.id())]);
+    assert_eq!(
+        due,
+        vec![(Timestamp(1_000), r.id())],
+        "a stale time is ignored"
+    );
+    store.forget_due(Timestamp(1_000), r.id()).await.unwrap();
+    assert_eq!(store.due_len().unwrap(), 0);
+    store.close().await.unwrap();
+    // Memory only: the record still says due, so the next open has it.
+    drop(store);
+    let store = reopen(dir.path()).await;
+    assert_eq!(store.due_len().unwrap(), 1);
+}
+
+/// A tracked run (polled once), due at `due`.
+fn tracked(now: u64, due: u64) -> Run {
+    let mut r = Run::accepted(
+        RunId::new(),
+        RunSpec::example(),
+        Timestamp(now),
+        Timestamp(4_000_000_000_000),
+    );
+    let t = Timestamp(now);
+    r.begin_start(t, Timestamp(now + 1_000)).unwrap();
+    let obs = crate::run::Observation::local(crate::run::RunStatus::Running, None, None);
+    r.started(t, "v".into(), obs, Timestamp(due), &[]).unwrap();
+    r
+}
+
+/// `run` after one more poll that changed nothing, next due at `due`.
+fn polled_quietly(run: &Run, now: u64, due: u64) -> Run {
+    let mut after = run.clone();
+    let obs = crate::run::Observation::local(crate::run::RunStatus::Running, None, None);
+    after
+        .observed(Timestamp(now), obs, Timestamp(due), &[])
+        .unwrap();
+    assert!(after.changed_only_quietly(run), "a quiet poll");
+    after
+}
+
+#[tokio::test]
+async fn quiet_saves_are_read_at_once_and_not_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let far = Timestamp::now().0 + 3_600_000;
+    let run = tracked(1_000, far);
+    {
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        store.create_run(&run, None).await.unwrap();
+        let stored = store.inner().unwrap().trees.state.get(run.id().to_bytes());
+        let quiet = polled_quietly(&run, 2_000, far + 5_000);
+        store.save_quiet(&quiet).await.unwrap();
+        assert_eq!(store.get_run(run.id()).unwrap(), Some(quiet.clone()));
+        assert_eq!(
+            store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap(),
+            vec![(Timestamp(far + 5_000), run.id())],
+            "the due index moved with it"
+        );
+        let listed = store
+            .list_runs(&RunQuery {
+                route: Some("r".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(listed, vec![quiet.clone()], "queries see the overlay");
+        assert_eq!(
+            store.inner().unwrap().trees.state.get(run.id().to_bytes()),
+            stored,
+            "nothing written"
+        );
+        // A later durable save persists the whole record.
+        let again = polled_quietly(&quiet, 3_000, far + 9_000);
+        store.save_run(&again).await.unwrap();
+        assert_eq!(store.get_run(run.id()).unwrap(), Some(again.clone()));
+        assert_eq!(store.inner().unwrap().trees.due.overlay(run.id()), None);
+        // Then a quiet one, lost with the process.
+        store
+            .save_quiet(&polled_quietly(&again, 4_000, far + 12_000))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.get_run(run.id()).unwrap(), Some(again.clone()));
+        assert_eq!(
+            store.due(Timestamp(u64::MAX), 10, &|_| false).unwrap(),
+            vec![(Timestamp(far + 9_000), run.id())],
+            "due at the last durable save's time"
+        );
+    }
+}
+
+#[tokio::test]
+async fn overdue_tracked_runs_are_spread_at_open_and_read_consistently() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Timestamp::now().0;
+    let future = tracked(1_000, now + 3_600_000);
+    let overdue: Vec<Run> = (0..50).map(|i| tracked(1_000, 2_000 + i)).collect();
+    let accepted = run_at(1_500);
+    {
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        for r in overdue.iter().chain([&future, &accepted]) {
+            store.create_run(r, None).await.unwrap();
+        }
+        store.close().await.unwrap();
+    }
+    let store = reopen(dir.path()).await;
+    assert_eq!(store.unfinished_at_open(), 52);
+    let due = store.due(Timestamp(u64::MAX), 100, &|_| false).unwrap();
+    assert_eq!(due.len(), 52);
+    assert_eq!(
+        due[0],
+        (Timestamp(1_500), accepted.id()),
+        "accepted: at once"
+    );
+    assert_eq!(due[51].1, future.id(), "not overdue: unchanged");
+    let spread = &due[1..51];
+    assert_eq!(spread[0].1, overdue[0].id(), "most overdue first");
+    assert!(spread[0].0 .0 >= now);
+    // 50 runs at 2,000/s: a 25 ms window.
+    assert!(spread[49].0 .0 < spread[0].0 .0 + 25, "{spread:?}");
+    for (at, id) in &due {
+        let run = store.get_run(*id).unwrap().unwrap();
+        assert_eq!(run.due_at(), Some(*at), "the step's check holds");
+    }
 }
 
 #[tokio::test]
@@ -372,7 +527,7 @@ async fn operator_metadata_is_durable_and_deletable() {
         assert_eq!(store.get_meta("paused").unwrap(), Some(b"ep1".to_vec()));
         store.close().await.unwrap();
     }
-    let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+    let store = reopen(dir.path()).await;
     assert_eq!(store.get_meta("paused").unwrap(), Some(b"ep1".to_vec()));
     assert_eq!(store.get_meta("gone").unwrap(), None);
 }

@@ -1,70 +1,13 @@
 //! The trees and their crash-safe write order, applied by the one applier thread.
 
+use super::due::DueIndex;
 use super::index::{IndexKeys, IndexMeta};
-use super::{backend, Op};
-use crate::run::{Phase, RunId};
+use super::{backend, corrupt, Op};
+use crate::run::{Fixed, Phase, QuietState, Run, RunId, State};
 use crate::store::{Created, DedupeKey, StoreError};
 use crate::time::Timestamp;
 use serde::Deserialize;
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-
-pub(super) fn due_key(at: Timestamp, id: RunId) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&at.0.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_bytes());
-    k
-}
-
-pub(super) fn parse_due_key(k: &[u8]) -> Option<(Timestamp, RunId)> {
-    let ms = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    let id: [u8; 16] = k.get(8..24)?.try_into().ok()?;
-    Some((Timestamp(ms), RunId::from_bytes(id)))
-}
-
-/// The due index: the sled tree is the durable copy; an in-memory ordered
-/// mirror answers the scheduler's frequent scans without walking sled pages
-/// (about 40 bytes per unfinished run). Only the applier thread writes it.
-#[derive(Clone)]
-pub(super) struct DueIndex {
-    pub(super) tree: sled::Tree,
-    pub(super) mirror: Arc<Mutex<BTreeSet<(Timestamp, RunId)>>>,
-}
-
-impl DueIndex {
-    pub(super) fn load(tree: sled::Tree) -> Result<Self, StoreError> {
-        let mut mirror = BTreeSet::new();
-        for item in tree.iter().keys() {
-            if let Some(entry) = parse_due_key(&item.map_err(backend)?) {
-                mirror.insert(entry);
-            }
-        }
-        Ok(DueIndex {
-            tree,
-            mirror: Arc::new(Mutex::new(mirror)),
-        })
-    }
-
-    pub(super) fn entries(&self) -> std::sync::MutexGuard<'_, BTreeSet<(Timestamp, RunId)>> {
-        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn insert(&self, at: Timestamp, id: RunId) -> sled::Result<()> {
-        self.tree.insert(due_key(at, id), &[])?;
-        self.entries().insert((at, id));
-        Ok(())
-    }
-
-    pub(super) fn remove(&self, at: Timestamp, id: RunId) -> sled::Result<()> {
-        self.tree.remove(due_key(at, id))?;
-        self.entries().remove(&(at, id));
-        Ok(())
-    }
-
-    pub(super) fn contains(&self, at: Timestamp, id: RunId) -> bool {
-        self.entries().contains(&(at, id))
-    }
-}
+use std::sync::Arc;
 
 /// A dedupe record's value: the run id, then the expiry (ms, big-endian).
 pub(super) fn dedupe_value(id: RunId, expires_at: Timestamp) -> [u8; 24] {
@@ -89,52 +32,86 @@ pub(super) fn dedupe_key(d: &DedupeKey) -> Vec<u8> {
     k
 }
 
-/// The fields of a stored run the store itself needs (serde skips the rest).
+/// The fields of a run's state the store itself needs at open (serde skips
+/// the rest): whether it is unfinished, and its quiet fields (due time).
 #[derive(Deserialize)]
 pub(super) struct RunMeta {
-    pub(super) id: RunId,
     pub(super) phase: Phase,
-    pub(super) due_at: Option<Timestamp>,
-}
-
-/// The fields retention needs: when a finished run last changed, and the
-/// dedupe key it may own.
-#[derive(Deserialize)]
-pub(super) struct RetentionMeta {
-    pub(super) id: RunId,
-    pub(super) route: String,
-    pub(super) phase: Phase,
-    pub(super) updated_at: Timestamp,
     pub(super) due_at: Option<Timestamp>,
     #[serde(default)]
-    pub(super) delivery_id: Option<String>,
+    pub(super) polls: u32,
+    pub(super) updated_at: Timestamp,
+    #[serde(default)]
+    pub(super) poll_at: Option<Timestamp>,
+}
+
+impl RunMeta {
+    pub(super) fn quiet(&self) -> QuietState {
+        QuietState {
+            polls: self.polls,
+            updated_at: self.updated_at,
+            due_at: self.due_at,
+            poll_at: self.poll_at,
+        }
+    }
+}
+
+/// The state fields retention needs: whether a run is finished and when
+/// it last changed.
+#[derive(Deserialize)]
+pub(super) struct RetentionMeta {
+    pub(super) phase: Phase,
+    pub(super) updated_at: Timestamp,
+}
+
+/// The fixed fields retention needs: the dedupe key the run may own.
+#[derive(Deserialize)]
+struct DedupeMeta {
+    id: RunId,
+    route: String,
+    #[serde(default)]
+    delivery_id: Option<String>,
 }
 
 /// The trees, written only by the applier thread.
 ///
+/// A run is two records under its id: its fixed part in `runs` (written
+/// once, at create) and its state in `state` (rewritten by each durable
+/// transition). A run exists when its state does; every state has its
+/// fixed part, by the write order below.
+///
 /// No sled transactions or batches: in sled 0.34 using either once makes
 /// every later read take a global lock, which stalls readers (the scheduler,
 /// the admin API) behind each write. The single applier already serializes
-/// writes; crash consistency comes from the write order instead:
-/// - create: dedupe key, then index keys, then run, then due entry. A dedupe
-///   key whose run is missing is ignored; index keys whose run is missing
-///   are skipped by readers (and queued for removal); a run without its due
-///   entry is repaired at open.
-/// - save: new index keys and new due entry, then run, then removal of the
-///   old index keys and the old due entry. A durable run therefore always
-///   has its index keys; an index key that disagrees with its run is stale:
-///   readers re-check every run against the whole query, so it costs one
-///   lookup and is queued for removal ([`Op::ForgetIndex`]). A due entry
-///   that disagrees with its run's `due_at` is stale and is dropped when it
-///   comes due ([`crate::store::Store::forget_due`]).
-/// - retention: dedupe key, due entry, run, then its index keys.
+/// writes, and sled recovers a prefix of them after a crash, so crash
+/// consistency comes from the write order:
+/// - create: dedupe key, index keys, fixed part, then state. A dedupe key
+///   whose run has no state is ignored; index keys whose run has no state
+///   are skipped by readers (and queued for removal); a fixed part without
+///   its state is invisible and removed by the next repair.
+/// - save: new index keys, then state, then removal of the old index keys
+///   (the old ones come from the old state, read first: the fixed fields
+///   they also hold cannot change). A durable run therefore always has its
+///   index keys; an index key that disagrees with its run is stale: readers
+///   re-check every run against the whole query, so it costs one lookup
+///   and is queued for removal ([`Op::ForgetIndex`]). A save of a run with
+///   no state (removed by retention, or never durable) writes nothing.
+/// - retention: dedupe key, state, fixed part, then its index keys.
+///
+/// The due index and the quiet overlay (`due.rs`) are updated in memory
+/// once a run's state is applied; they need no durable copy, since the
+/// open rebuilds them from the states.
 #[derive(Clone)]
 pub(super) struct Trees {
+    /// Run id -> fixed part ([`crate::run::FixedRef`], JSON).
     pub(super) runs: sled::Tree,
+    /// Run id -> state ([`crate::run::StateRef`], JSON).
+    pub(super) state: sled::Tree,
     pub(super) dedupe: sled::Tree,
     /// Operator settings ([`crate::store::Store::put_meta`]): key -> bytes.
     pub(super) meta: sled::Tree,
-    pub(super) due: DueIndex,
+    /// Due index and quiet overlay, memory only (see `due.rs`).
+    pub(super) due: Arc<DueIndex>,
     /// Secondary index of runs (see `index.rs`): key -> empty.
     pub(super) idx_runs: sled::Tree,
     /// Failing and dead deliveries (see `index.rs`): key -> empty.
@@ -174,54 +151,59 @@ impl Trees {
         match op {
             Op::Create {
                 id,
-                record,
+                fixed,
+                state,
                 due: at,
                 dedupe: dk,
                 index,
             } => {
                 if let Some(d) = dk {
                     let key = dedupe_key(d);
-                    if let Some(existing) = self.live_duplicate(&key)? {
-                        return Ok(Created::Duplicate(existing));
+                    let value = dedupe_value(*id, d.expires_at);
+                    // One sled call for a new delivery id (the common
+                    // case): the key is taken only if absent.
+                    let absent: Option<&[u8]> = None;
+                    let swap = self
+                        .dedupe
+                        .compare_and_swap(&key, absent, Some(&value[..]))?;
+                    if let Err(taken) = swap {
+                        let owner = match taken.current {
+                            Some(v) => self.live_owner(&v)?,
+                            None => None,
+                        };
+                        if let Some(existing) = owner {
+                            return Ok(Created::Duplicate(existing));
+                        }
+                        // Expired, or its run was never durable: reuse it.
+                        self.dedupe.insert(key, &value)?;
                     }
-                    self.dedupe.insert(key, &dedupe_value(*id, d.expires_at))?;
                 }
                 self.insert_keys(index)?;
-                self.runs.insert(id.to_bytes(), record.as_slice())?;
-                if let Some(at) = at {
-                    self.due.insert(*at, *id)?;
-                }
+                self.runs.insert(id.to_bytes(), fixed.as_slice())?;
+                self.state.insert(id.to_bytes(), state.as_slice())?;
+                self.due.saved(*id, *at);
                 Ok(Created::New)
             }
             Op::Save {
                 id,
-                record,
+                state,
                 due: at,
+                meta,
                 index,
             } => {
                 let key = id.to_bytes();
-                let old = self.runs.get(key)?;
-                let (old_at, old_keys) = match &old {
-                    Some(old) if self.indexed => match IndexMeta::decode(old) {
-                        Some(m) => (m.due_at, m.keys()),
-                        None => (due_of(old), IndexKeys::default()),
+                let old_keys = match meta {
+                    Some(meta) => match self.state.get(key)? {
+                        Some(old) => meta.keys_in_state(&old).unwrap_or_default(),
+                        None => return Ok(self.gone(*id)),
                     },
-                    Some(old) => (due_of(old), IndexKeys::default()),
-                    None => (None, IndexKeys::default()),
+                    None if !self.state.contains_key(key)? => return Ok(self.gone(*id)),
+                    None => IndexKeys::default(),
                 };
                 self.insert_keys(&index.minus(&old_keys))?;
-                if let Some(at) = at {
-                    self.due.insert(*at, *id)?;
-                }
-                self.runs.insert(key, record.as_slice())?;
+                self.state.insert(key, state.as_slice())?;
                 self.remove_keys(&old_keys.minus(index))?;
-                if let Some(old_at) = old_at.filter(|o| Some(*o) != *at) {
-                    self.due.remove(old_at, *id)?;
-                }
-                Ok(Created::New)
-            }
-            Op::ForgetDue { at, id } => {
-                self.due.remove(*at, *id)?;
+                self.due.saved(*id, *at);
                 Ok(Created::New)
             }
             Op::ForgetDedupe(expired) => {
@@ -235,12 +217,15 @@ impl Trees {
                 Ok(Created::New)
             }
             Op::ForgetRuns(seen) => {
-                for (key, record) in seen {
+                for (key, state) in seen {
                     // Only if unchanged since the sweeper saw it finished.
-                    if self.runs.get(key)?.as_ref() != Some(record) {
+                    if self.state.get(key)?.as_ref() != Some(state) {
                         continue;
                     }
-                    let Ok(m) = serde_json::from_slice::<RetentionMeta>(record) else {
+                    let Some(fixed) = self.runs.get(key)? else {
+                        continue;
+                    };
+                    let Ok(m) = serde_json::from_slice::<DedupeMeta>(&fixed) else {
                         continue;
                     };
                     if let Some(d) = &m.delivery_id {
@@ -259,11 +244,10 @@ impl Trees {
                             self.dedupe.remove(dk)?;
                         }
                     }
-                    if let Some(at) = m.due_at {
-                        self.due.remove(at, m.id)?;
-                    }
+                    self.state.remove(key)?;
                     self.runs.remove(key)?;
-                    if let Some(m) = IndexMeta::decode(record).filter(|_| self.indexed) {
+                    self.due.removed(m.id);
+                    if let Some(m) = IndexMeta::decode(&fixed, state).filter(|_| self.indexed) {
                         self.remove_keys(&m.keys())?;
                     }
                 }
@@ -273,11 +257,11 @@ impl Trees {
                 for s in stale {
                     // Only if still stale: the reader may have seen a write
                     // in progress (keys go in before their run).
-                    let current = self
-                        .runs
-                        .get(s.id.to_bytes())?
-                        .and_then(|r| IndexMeta::decode(&r))
-                        .map(|m| m.keys());
+                    let key = s.id.to_bytes();
+                    let current = match (self.runs.get(key)?, self.state.get(key)?) {
+                        (Some(f), Some(st)) => IndexMeta::decode(&f, &st).map(|m| m.keys()),
+                        _ => None,
+                    };
                     let valid = current.is_some_and(|k| match s.tree {
                         IndexTree::Runs => k.runs.contains(&s.key),
                         IndexTree::Deliveries => k.deliveries.contains(&s.key),
@@ -305,7 +289,7 @@ impl Trees {
         }
     }
 
-    fn insert_keys(&self, keys: &IndexKeys) -> sled::Result<()> {
+    pub(super) fn insert_keys(&self, keys: &IndexKeys) -> sled::Result<()> {
         for k in &keys.runs {
             self.idx_runs.insert(k.as_slice(), &[])?;
         }
@@ -326,7 +310,7 @@ impl Trees {
     }
 
     /// Adds the keys of `keys` missing from the index; how many were.
-    fn add_missing(&self, keys: &IndexKeys) -> sled::Result<usize> {
+    pub(super) fn add_missing(&self, keys: &IndexKeys) -> sled::Result<usize> {
         let mut added = 0;
         for (tree, ks) in [
             (&self.idx_runs, &keys.runs),
@@ -342,66 +326,56 @@ impl Trees {
         Ok(added)
     }
 
-    /// The run a live, unexpired dedupe key points at, if that run exists.
-    pub(super) fn live_duplicate(&self, key: &[u8]) -> sled::Result<Option<RunId>> {
-        let Some(v) = self.dedupe.get(key)? else {
-            return Ok(None);
-        };
-        match parse_dedupe_value(&v) {
+    /// The run a live, unexpired dedupe value points at, if that run exists.
+    fn live_owner(&self, value: &[u8]) -> sled::Result<Option<RunId>> {
+        match parse_dedupe_value(value) {
             Some((id, expires)) if expires > Timestamp::now() => {
-                Ok(self.runs.contains_key(id.to_bytes())?.then_some(id))
+                Ok(self.state.contains_key(id.to_bytes())?.then_some(id))
             }
             _ => Ok(None),
         }
     }
 
-    /// Re-creates the due entry of every unfinished run that lacks one (a
-    /// crash between the writes of one operation), counts unfinished runs,
-    /// and builds or verifies the index as `index` says (in the same pass,
-    /// so a store without an index pays one extra walk of its runs, once).
-    /// Stale index keys are left to readers, which skip and queue them.
-    pub(super) fn repair(&self, index: IndexRepair) -> Result<usize, StoreError> {
-        let mut unfinished = 0;
-        let mut repaired = 0;
-        let mut keys_added = 0;
-        for item in self.runs.iter() {
-            let (k, v) = item.map_err(backend)?;
-            let Ok(meta) = serde_json::from_slice::<RunMeta>(&v) else {
-                tracing::error!(key = ?k, "undecodable run record left alone");
-                continue;
-            };
-            match (index, IndexMeta::decode(&v)) {
-                (IndexRepair::None, _) | (_, None) => {}
-                (IndexRepair::Verify, Some(m)) => {
-                    keys_added += self.add_missing(&m.keys()).map_err(backend)?;
-                }
-                (IndexRepair::Build, Some(m)) => {
-                    self.insert_keys(&m.keys()).map_err(backend)?;
-                }
-            }
-            if meta.phase == Phase::Done {
-                continue;
-            }
-            unfinished += 1;
-            let at = meta.due_at.unwrap_or_else(Timestamp::now);
-            if !self.due.contains(at, meta.id) {
-                self.due.insert(at, meta.id).map_err(backend)?;
-                repaired += 1;
-            }
-        }
-        if repaired > 0 {
-            tracing::warn!(repaired, "restored due entries of runs cut off by a crash");
-        }
-        if keys_added > 0 {
-            tracing::warn!(keys_added, "restored index keys of runs cut off by a crash");
-        }
-        Ok(unfinished)
+    /// A save of a run that has no state: removed by retention meanwhile
+    /// (an operator's save of a finished run), or never durable (lost with
+    /// an in-process reopen). Nothing is written: writing the state alone
+    /// would leave a run without its fixed part.
+    fn gone(&self, id: RunId) -> Created {
+        tracing::debug!(run_id = %id, "save of a run that is gone: nothing written");
+        self.due.removed(id);
+        Created::New
     }
-}
 
-/// The `due_at` of a stored record, when its index fields cannot be read.
-fn due_of(record: &[u8]) -> Option<Timestamp> {
-    serde_json::from_slice::<RunMeta>(record)
-        .ok()
-        .and_then(|m| m.due_at)
+    /// The run `id` as reads see it, if it exists.
+    pub(super) fn load(&self, id: RunId) -> Result<Option<Run>, StoreError> {
+        let key = id.to_bytes();
+        let Some(state) = self.state.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        match self.runs.get(key).map_err(backend)? {
+            Some(fixed) => self.join(&fixed, &state).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The run whose fixed part is `fixed`, if it exists (for walks of the
+    /// `runs` tree).
+    pub(super) fn with_state(&self, key: &[u8], fixed: &[u8]) -> Result<Option<Run>, StoreError> {
+        match self.state.get(key).map_err(backend)? {
+            Some(state) => self.join(fixed, &state).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A stored run as reads see it: its two parts joined, with its
+    /// overlay if the run's last transition was quiet.
+    fn join(&self, fixed: &[u8], state: &[u8]) -> Result<Run, StoreError> {
+        let fixed: Fixed = serde_json::from_slice(fixed).map_err(corrupt)?;
+        let state: State = serde_json::from_slice(state).map_err(corrupt)?;
+        let run = Run::join(fixed, state);
+        Ok(match self.due.overlay(run.id()) {
+            Some(q) => run.with_quiet(q),
+            None => run,
+        })
+    }
 }
