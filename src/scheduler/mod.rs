@@ -1,6 +1,13 @@
 //! Drives every unfinished run: claims due runs from the store's due index,
 //! works on each (start, poll, or deliver callbacks) with bounded
-//! concurrency, and persists every transition before moving on.
+//! concurrency, and persists every transition a restart needs before
+//! moving on (issue 10): the accepted run (ingress), `starting` before a
+//! start without an idempotency key, `started`, every status change or
+//! failure, the terminal state (before its callbacks are sent, in the same
+//! step), delivery results. A poll that changed nothing is a quiet save
+//! (memory only); an idempotent start records nothing before its call
+//! (after a crash the run is still `accepted` and the start repeats with
+//! the same key).
 //!
 //! Idle means asleep until the earliest due time or a wake-up (a new run, a
 //! finished step). A restart needs no recovery pass: every unfinished run,
