@@ -271,11 +271,20 @@ fn check_no_double_start(
         } else {
             op_by_delivery.get(dlv)
         };
-        assert_eq!(
-            mine.map(String::as_str),
-            Some(vid),
-            "cycle {cycle}: run {id} ({dlv}) tracks vendor run {vid}, not the one started for it: {r}"
-        );
+        if mine.map(String::as_str) != Some(vid) {
+            // Whose the vendor run is: the run of that trigger, if any.
+            let owner_dlv = op_by_delivery
+                .iter()
+                .find(|(_, v)| v.as_str() == vid)
+                .map(|(d, _)| d.clone());
+            let owner = owner_dlv
+                .as_deref()
+                .and_then(|d| runs.values().find(|o| o["delivery_id"] == d));
+            panic!(
+                "cycle {cycle}: run {id} ({dlv}) tracks vendor run {vid}, not the one started for \
+                 it ({mine:?}): {r}\nthe vendor run was started for {owner_dlv:?}, whose run is {owner:?}"
+            );
+        }
     }
 }
 

@@ -3,12 +3,15 @@
 //! vendor created the run: exactly one vendor run, and it is the tracked
 //! one. Before: started once. A foreign run in the window: `start_uncertain`,
 //! never adopted. Also: a 409 on start (another run active) is retried.
+//! Retab sends a key it does not document well enough to trust: its
+//! interrupted start is reconciled the same way.
 
 mod common;
 
 use common::bridge::{config, Route};
 use common::fake::CreateMode;
 use common::onepin::FakeOnePin;
+use common::retab::FakeRetab;
 use common::*;
 use serde_json::json;
 
@@ -161,4 +164,45 @@ async fn a_cancel_cut_off_by_sigkill_is_finished_after_restart() {
         .core
         .cancels()
         .contains(&run["vendor_run_id"].as_str().unwrap().to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retab_start_cut_off_after_the_vendor_created_the_run_is_adopted_after_restart() {
+    let f = FakeRetab::start(false).await;
+    let rx = Receiver::start(CALLBACK_SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        dir.path(),
+        &f.provider(),
+        &[Route::new("r", "wf_ok")],
+        &rx.url(),
+        "50ms",
+    );
+    let mut d = Daemon::start_with_text(dir, &text).await;
+    f.core.set_mode(CreateMode::HoldAfterCreate);
+    let id = d.trigger_json("r", &json!({})).await;
+    poll_until("a held create", DEADLINE, || async {
+        if f.core.held() >= 1 {
+            Ok(())
+        } else {
+            Err(format!("held {}", f.core.held()))
+        }
+    })
+    .await;
+    let run = d.get_run(&id).await;
+    assert_eq!(run["phase"], "starting", "recorded before the call: {run}");
+    d.kill_9().await;
+    f.core.set_mode(CreateMode::Normal);
+    f.core.release();
+    d.restart().await;
+    let run = d.wait_done(&id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let runs = f.core.runs();
+    assert_eq!(runs.len(), 1, "exactly one vendor run: {runs:?}");
+    assert_eq!(
+        run["vendor_run_id"], runs[0].id,
+        "and it is the tracked one"
+    );
+    assert_eq!(f.core.creates(), 1, "no second create");
+    assert!(d.stderr().contains("adopting the vendor run"));
 }

@@ -80,3 +80,34 @@ async fn the_slate_preset_explained_and_pasted_runs_the_whole_loop() {
     );
     assert_eq!(rx.for_run(&id).len(), 1);
 }
+
+/// A cancel that arrives while a step holds the run (its start is at the
+/// vendor) waits for the step, is recorded without clobbering the step's
+/// transition (the vendor run id it learned), and cancels that vendor run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_a_slow_start_waits_for_it_and_cancels_the_vendor_run() {
+    let slate = FakeSlate::start().await;
+    let rx = Receiver::start(CALLBACK_SECRET).await;
+    slate.set_create_delay("wf_slow", std::time::Duration::from_millis(1_000));
+    let cfg = Config::new(&slate).route(RouteCfg::new("gh", "wf_slow").callback(&rx.url()));
+    let d = Daemon::start(&cfg).await;
+    let id = d.trigger("gh", "c-slow", "octo/s").await;
+    let s = &slate;
+    poll_until("the start at the vendor", DEADLINE, || async move {
+        if s.create_count() == 1 {
+            Ok(())
+        } else {
+            Err("no create yet".to_string())
+        }
+    })
+    .await;
+    let (status, body) = d.cancel(&id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "canceled", "{body}");
+    let run = d.wait_done(&id).await;
+    let vendor = slate.runs();
+    assert_eq!(vendor.len(), 1, "one vendor run");
+    assert_eq!(run["vendor_run_id"], vendor[0].id.as_str(), "{run}");
+    assert_eq!(slate.cancel_calls(), [vendor[0].id.clone()]);
+    assert_eq!(run["cancel"]["phase"], "done", "{run}");
+}

@@ -230,15 +230,28 @@ impl Admin {
 
     /// `POST /runs/{id}/cancel`: persists a cancel request (a crash
     /// mid-cancel finishes it after a restart), wakes the scheduler, which
-    /// asks the vendor, and waits a while for its answer.
+    /// asks the vendor, and waits a while for its answer. The request is
+    /// made through the scheduler's hold on the run, so it cannot race a
+    /// step's save (neither is lost); a step that holds the run longer
+    /// than [`CANCEL_WAIT`] makes it answer `409 run_busy` (retry).
     pub async fn cancel_run(&self, id: &str) -> AdminResult<CancelOutcome> {
-        let mut run = self.load_run(id).await?;
-        if run.request_cancel(Timestamp::now()).is_err() {
-            return present::cancel_outcome(&run);
-        }
-        self.inner.store.save_run(&run).await?;
-        self.inner.wake.notify_one();
+        let run_id = Self::parse_run_id(id)?;
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        let now = Timestamp::now();
+        let mut run = self
+            .inner
+            .scheduler
+            .modify_run_by(run_id, deadline, |r| {
+                let before = r.cancel().clone();
+                let asked = r.request_cancel(now).is_ok();
+                Ok::<_, std::convert::Infallible>(asked && *r.cancel() != before)
+            })
+            .await
+            .map_err(|e| match e {
+                crate::scheduler::ModifyError::NotFound => AdminError::run_not_found(id),
+                e => e.into(),
+            })?;
+        self.inner.wake.notify_one();
         loop {
             let settled = run
                 .cancel()

@@ -169,15 +169,6 @@ impl Run {
         &self.events
     }
 
-    /// Carries over a cancel request saved by someone else while a step
-    /// held the run (the step's save would otherwise drop it).
-    pub fn adopt_cancel(&mut self, stored: &Run, now: Timestamp) {
-        if self.cancel.is_none() && stored.cancel.is_some() {
-            self.cancel = stored.cancel.clone();
-            self.reconsider(now);
-        }
-    }
-
     /// Notes that an unknown vendor status was seen; true the first time
     /// for this run (it is logged once per run).
     pub fn first_unknown_status(&mut self) -> bool {

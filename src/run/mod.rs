@@ -411,15 +411,6 @@ impl Run {
         Ok(())
     }
 
-    /// A cancel request arrived while a step held the run: act on it now.
-    pub fn reconsider(&mut self, now: Timestamp) {
-        match self.phase {
-            Phase::Tracking => self.plan(now, Some(now)),
-            Phase::Accepted | Phase::Starting => self.touch(now, Some(now)),
-            Phase::Terminal | Phase::Done => {}
-        }
-    }
-
     /// Whether a cancel waits for the vendor to be asked.
     pub fn cancel_requested(&self) -> bool {
         self.cancel

@@ -1,6 +1,13 @@
 //! Drives every unfinished run: claims due runs from the store's due index,
 //! works on each (start, poll, or deliver callbacks) with bounded
-//! concurrency, and persists every transition before moving on.
+//! concurrency, and persists every transition a restart needs before
+//! moving on (issue 10): the accepted run (ingress), `starting` before a
+//! start without an idempotency key, `started`, every status change or
+//! failure, the terminal state (before its callbacks are sent, in the same
+//! step), delivery results. A poll that changed nothing is a quiet save
+//! (memory only); an idempotent start records nothing before its call
+//! (after a crash the run is still `accepted` and the start repeats with
+//! the same key).
 //!
 //! Idle means asleep until the earliest due time or a wake-up (a new run, a
 //! finished step). A restart needs no recovery pass: every unfinished run,
@@ -12,6 +19,7 @@
 //! redone because a save failed. While the store reports a fault no new runs
 //! are claimed.
 
+mod deliver;
 pub mod lateness;
 mod operator;
 mod steps;
@@ -96,6 +104,10 @@ pub struct Scheduler {
     clock: Clock,
     /// How late steps begin against their due time.
     lateness: lateness::Lateness,
+    /// When this scheduler was made (on its clock): an `accepted` run
+    /// created earlier may have had an unrecorded idempotent start in
+    /// flight when an earlier process died.
+    booted_at: Timestamp,
     store: Arc<dyn Store>,
     topology: SharedTopology,
     client: reqwest::Client,
@@ -160,6 +172,7 @@ impl Scheduler {
         Arc::new(Scheduler {
             paused: Default::default(),
             alerts,
+            booted_at: clock(),
             clock,
             lateness: lateness::Lateness::default(),
             store,
@@ -396,12 +409,8 @@ impl Scheduler {
             // An entry a crash left behind; the run's own entry is elsewhere.
             None => self.store.forget_due(at, id).await,
             Some(run) if run.due_at() != Some(at) => self.store.forget_due(at, id).await,
-            Some(run) => match run.phase() {
-                Phase::Accepted | Phase::Starting => self.start(run).await,
-                Phase::Tracking => self.track(run).await,
-                Phase::Terminal => self.deliver(run).await,
-                Phase::Done => self.store.forget_due(at, id).await,
-            },
+            Some(run) if run.phase() == Phase::Done => self.store.forget_due(at, id).await,
+            Some(run) => self.work(run).await,
         };
         if let Err(e) = result {
             if let Some(suppressed) = self.store_log.allow("step") {
@@ -410,15 +419,62 @@ impl Scheduler {
         }
     }
 
+    /// Works on a claimed run by its phase. A start that found a vendor
+    /// run to cancel (a repeated or reconciled start) asks for the cancel
+    /// at once; a step that ended the run sends the callbacks due now
+    /// right after the terminal state is durable, still holding the claim,
+    /// instead of waiting for the loop to claim the run again.
+    async fn work(&self, run: Run) -> Result<(), StoreError> {
+        let mut run = match run.phase() {
+            Phase::Accepted | Phase::Starting => self.start(run).await?,
+            Phase::Tracking => self.track(run).await?,
+            Phase::Terminal | Phase::Done => return self.deliver(run).await.map(drop),
+        };
+        if run.phase() == Phase::Tracking && run.cancel_requested() {
+            run = self.cancel(run).await?;
+        }
+        if run.phase() == Phase::Terminal && run.deliveries().iter().any(|d| d.is_due(self.now())) {
+            self.deliver(run).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Scheduler::persist`], handing the run back (a step's last save).
+    async fn saved(&self, mut run: Run) -> Result<Run, StoreError> {
+        self.persist(&mut run).await?;
+        Ok(run)
+    }
+
+    /// Saves what a step made of `loaded` (the run as the step found it):
+    /// a change of quiet fields only ([`Run::changed_only_quietly`]: a poll
+    /// whose answer changed nothing, a replan that moves only due and poll
+    /// times) goes to [`Store::save_quiet`], which a restart does not need;
+    /// anything else is persisted durably.
+    async fn saved_after(&self, mut run: Run, loaded: &Run) -> Result<Run, StoreError> {
+        self.persist_as(&mut run, Some(loaded)).await?;
+        Ok(run)
+    }
+
     /// Persists a transition the step has already acted on. A failed save
     /// is retried with backoff while the run stays claimed, until it
     /// succeeds or shutdown: the vendor call or callback that produced this
     /// state is never repeated because a save failed.
     async fn persist(&self, run: &mut Run) -> Result<(), StoreError> {
-        self.keep_cancel(run);
+        self.persist_as(run, None).await
+    }
+
+    /// [`Scheduler::persist`], with `save_quiet` when `run` differs from
+    /// `loaded` only quietly.
+    async fn persist_as(&self, run: &mut Run, loaded: Option<&Run>) -> Result<(), StoreError> {
+        let quiet = loaded.is_some_and(|l| run.changed_only_quietly(l));
         let mut attempt = 0u32;
         loop {
-            let error = match self.store.save_run(run).await {
+            let saved = if quiet {
+                self.store.save_quiet(run).await
+            } else {
+                self.store.save_run(run).await
+            };
+            let error = match saved {
                 Ok(()) => {
                     // The step that ended the run stamps finished_at with the
                     // same instant as its update: count each run once, durable.
@@ -454,18 +510,6 @@ impl Scheduler {
                     return Err(error);
                 }
             }
-        }
-    }
-
-    /// A cancel request the admin API saved while this step held the run
-    /// would be overwritten by the step's save: carry it over.
-    fn keep_cancel(&self, run: &mut Run) {
-        if run.cancel().is_some() || !run.is_unfinished() || run.phase() == Phase::Terminal {
-            return;
-        }
-        if let Ok(Some(stored)) = self.store.get_run(run.id()) {
-            let now = self.now();
-            run.adopt_cancel(&stored, now);
         }
     }
 

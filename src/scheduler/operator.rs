@@ -41,10 +41,14 @@ impl Scheduler {
         self.alerts.clone()
     }
 
-    /// Claims `id` as a step would (waiting while a step holds it), so an
-    /// operator's change cannot race a step's save. Released on drop.
-    async fn hold(self: &Arc<Self>, id: RunId) -> Result<Claim, ModifyError> {
-        let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+    /// Claims `id` as a step would (waiting while a step holds it, at most
+    /// until `deadline`), so an operator's change cannot race a step's
+    /// save. Released on drop.
+    async fn hold(
+        self: &Arc<Self>,
+        id: RunId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Claim, ModifyError> {
         loop {
             {
                 let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,7 +75,22 @@ impl Scheduler {
         id: RunId,
         change: impl FnOnce(&mut Run) -> Result<bool, E>,
     ) -> Result<Run, ModifyError> {
-        let claim = self.hold(id).await?;
+        let deadline = tokio::time::Instant::now() + HOLD_WAIT;
+        self.modify_run_by(id, deadline, change).await
+    }
+
+    /// [`Scheduler::modify_run`] that waits for a step holding the run
+    /// only until `deadline` ([`ModifyError::Busy`] then, nothing changed),
+    /// for callers that must answer in time (an operator's cancel). The
+    /// change is loaded, made and persisted while the run is held: a step
+    /// cannot overwrite it, nor it a step's transition.
+    pub async fn modify_run_by<E: std::fmt::Display>(
+        self: &Arc<Self>,
+        id: RunId,
+        deadline: tokio::time::Instant,
+        change: impl FnOnce(&mut Run) -> Result<bool, E>,
+    ) -> Result<Run, ModifyError> {
+        let claim = self.hold(id, deadline).await?;
         let store = self.store.clone();
         let mut run = tokio::task::spawn_blocking(move || store.get_run(id))
             .await

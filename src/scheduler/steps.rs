@@ -1,25 +1,38 @@
 //! The steps the scheduler takes on one claimed run: start (or reconcile an
-//! interrupted start), poll, fetch output, cancel, deliver callbacks. Every
+//! interrupted start), poll, fetch output, cancel (callbacks: `deliver.rs`). Every
 //! vendor detail stays behind the provider interface; every outcome is a
 //! transition of [`Run`], persisted before the step ends.
 
 use super::{Scheduler, MAX_PROVIDER_RETRY_AFTER};
 use crate::backoff;
 use crate::config::{RouteSettings, SchedulerSettings};
-use crate::delivery;
 use crate::providers::{
     CancelOutcome, CancelSupport, FailureKind, PollRequest, ProviderError, ReconcileRequest,
     Reconciled, StartRequest,
 };
 use crate::run::{IllegalTransition, Phase, Run, RunStatus, Target};
-use crate::secret::redact_url;
 use crate::store::{RunQuery, StoreError};
 use crate::time::Timestamp;
 use serde_json::json;
 use std::time::Duration;
 
+/// The operator-setting key an idempotent start deletes (it never exists)
+/// as a durability barrier: see [`Scheduler::start`].
+const DURABILITY_BARRIER: &str = "runbridge.barrier";
+
 /// Runs examined for vendor run ids other runs own (reconciliation).
 const OWNERS_SCANNED: usize = 1_000;
+
+/// What other runs of a workflow claim (reconciliation).
+#[derive(Default)]
+struct Claims {
+    /// Vendor run ids other runs track.
+    owned: Vec<String>,
+    /// Other runs starting without a vendor run id yet.
+    starting: usize,
+    /// Candidates of other runs that ended `start_uncertain`.
+    contested: Vec<String>,
+}
 
 /// Logs a transition the run refused: a scheduler bug, never a crash.
 fn checked(run: &Run, r: Result<(), IllegalTransition>) {
@@ -107,12 +120,12 @@ impl Scheduler {
         s: &SchedulerSettings,
         mut run: Run,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Run, StoreError> {
         let at = self.retry_at(s, &run, now, None);
         let error = format!("provider {:?} is not configured", run.provider());
         tracing::error!(run_id = %run.id(), %error, "cannot work on run");
         run.failed_call(now, error, at);
-        self.persist(&mut run).await
+        self.saved(run).await
     }
 
     /// What other runs of the same provider and workflow claim: the vendor
@@ -121,45 +134,87 @@ impl Scheduler {
     /// own any unowned candidate, so a single candidate is not proof that
     /// it is this run's: adopting it could track another run's vendor run
     /// (seen in `tests/crash_loop.rs` under CPU load, where several starts
-    /// of one workflow were interrupted by the same kill).
-    fn claims_elsewhere(&self, run: &Run) -> Result<(Vec<String>, usize), StoreError> {
+    /// of one workflow were interrupted by the same kill). A run that
+    /// ended `start_uncertain` keeps claiming its candidates (returned as
+    /// contested): one of them is likely its own vendor run, so another run
+    /// adopting it could track the wrong vendor run (seen in
+    /// `tests/crash_loop.rs`: two interrupted starts, the first ends
+    /// uncertain because the second is still starting, then the second
+    /// found no claimant left and adopted the first one's vendor run).
+    fn claims_elsewhere(&self, run: &Run) -> Result<Claims, StoreError> {
         let q = RunQuery {
             provider: Some(run.provider().to_string()),
             limit: OWNERS_SCANNED,
             ..Default::default()
         };
-        let mut owned = Vec::new();
-        let mut starting = 0;
+        let mut c = Claims::default();
         for r in self.store.list_runs(&q)? {
             if r.id() == run.id() || r.workflow_id() != run.workflow_id() {
                 continue;
             }
             match r.vendor_run_id() {
-                Some(v) => owned.push(v.clone()),
-                None if r.phase() == Phase::Starting => starting += 1,
-                None => {}
+                Some(v) => c.owned.push(v.clone()),
+                None if r.phase() == Phase::Starting => c.starting += 1,
+                None => {
+                    if let Some(e) = r
+                        .error()
+                        .as_ref()
+                        .filter(|e| e["code"] == "start_uncertain")
+                    {
+                        let listed = e["candidates"].as_array().into_iter().flatten();
+                        c.contested
+                            .extend(listed.filter_map(|v| v.as_str().map(str::to_string)));
+                    }
+                }
             }
         }
-        Ok((owned, starting))
+        Ok(c)
     }
 
-    pub(super) async fn start(&self, mut run: Run) -> Result<(), StoreError> {
+    /// Whether an earlier start attempt of `run` may have created a vendor
+    /// run: one recorded as unsure (a crash, a timeout, a 5xx), or, with an
+    /// idempotent start (whose attempts are not recorded), an `accepted`
+    /// run accepted before this process began: an earlier process may have
+    /// been killed during its start. Such a run is not canceled locally:
+    /// the start is repeated (same key: it returns the vendor run the lost
+    /// attempt created, or creates one) and the vendor run is canceled.
+    /// Assumes the wall clock does not step back across a restart.
+    fn may_have_started(&self, run: &Run, idempotent: bool) -> bool {
+        match run.phase() {
+            Phase::Starting => run.start_unsure(),
+            Phase::Accepted => idempotent && run.created_at() < self.booted_at,
+            _ => false,
+        }
+    }
+
+    /// Whether `run`'s record is certainly durable: it was saved after its
+    /// create (not `accepted`), or an earlier process accepted it (a
+    /// restart reads only what is durable).
+    fn create_is_durable(&self, run: &Run) -> bool {
+        run.phase() != Phase::Accepted || run.created_at() < self.booted_at
+    }
+
+    pub(super) async fn start(&self, mut run: Run) -> Result<Run, StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
         let route = topo.settings.routes.get(run.route());
         let targets = Self::targets(route);
         let now = self.now();
         if Self::expire(&mut run, now, route, &targets) {
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
-        if run.cancel_requested() && !(run.phase() == Phase::Starting && run.start_unsure()) {
+        let provider = topo.providers.get(run.provider()).cloned();
+        let idempotent = provider
+            .as_ref()
+            .is_some_and(|p| p.capabilities().idempotent_start);
+        if run.cancel_requested() && !self.may_have_started(&run, idempotent) {
             // Nothing reached the vendor (or it certainly created nothing).
             tracing::info!(run_id = %run.id(), "run canceled before it started");
             let r = run.canceled(now, None, true, &targets);
             checked(&run, r);
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
-        let Some(provider) = topo.providers.get(run.provider()).cloned() else {
+        let Some(provider) = provider else {
             return self.provider_missing(s, run, now).await;
         };
         let caps = provider.capabilities();
@@ -170,7 +225,7 @@ impl Scheduler {
                 tracing::warn!(run_id = %run.id(), "interrupted start cannot be reconciled (no runs listing)");
                 let r = run.start_uncertain(now, Vec::new(), &targets);
                 checked(&run, r);
-                return self.persist(&mut run).await;
+                return self.saved(run).await;
             }
             let req = ReconcileRequest {
                 workflow_id: run.workflow_id(),
@@ -180,7 +235,11 @@ impl Scheduler {
             let now = self.now();
             match result {
                 Ok(Reconciled::Candidates(found)) => {
-                    let (owned, claimants) = match self.claims_elsewhere(&run) {
+                    let Claims {
+                        owned,
+                        starting: claimants,
+                        contested,
+                    } = match self.claims_elsewhere(&run) {
                         Ok(c) => c,
                         Err(e) => {
                             // Without the other runs' claims no candidate
@@ -188,7 +247,7 @@ impl Scheduler {
                             tracing::warn!(run_id = %run.id(), error = %e, "cannot list runs for reconciliation");
                             let at = self.retry_at(s, &run, now, None);
                             run.failed_call(now, format!("reconcile: {e}"), at);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                     };
                     let mine: Vec<String> =
@@ -198,11 +257,11 @@ impl Scheduler {
                             tracing::info!(run_id = %run.id(), "interrupted start created no vendor run; starting again");
                             run.start_not_created();
                         }
-                        1 if claimants > 0 => {
-                            tracing::warn!(run_id = %run.id(), starting_elsewhere = claimants, "interrupted start is ambiguous: other starts of this workflow may own the one candidate; failing with start_uncertain");
+                        1 if claimants > 0 || contested.contains(&mine[0]) => {
+                            tracing::warn!(run_id = %run.id(), starting_elsewhere = claimants, contested = contested.contains(&mine[0]), "interrupted start is ambiguous: other starts of this workflow may own the one candidate; failing with start_uncertain");
                             let r = run.start_uncertain(now, mine, &targets);
                             checked(&run, r);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                         1 => {
                             let vid = mine.into_iter().next().unwrap_or_default();
@@ -210,20 +269,20 @@ impl Scheduler {
                             let next = Self::next_poll(s, &run, now);
                             let r = run.adopted(now, vid, next, &targets);
                             checked(&run, r);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                         n => {
                             tracing::warn!(run_id = %run.id(), candidates = n, "interrupted start is ambiguous; failing with start_uncertain");
                             let r = run.start_uncertain(now, mine, &targets);
                             checked(&run, r);
-                            return self.persist(&mut run).await;
+                            return self.saved(run).await;
                         }
                     }
                 }
                 Ok(Reconciled::TooMany) => {
                     let r = run.start_uncertain(now, Vec::new(), &targets);
                     checked(&run, r);
-                    return self.persist(&mut run).await;
+                    return self.saved(run).await;
                 }
                 Err(
                     ProviderError::NotFound { detail, body }
@@ -231,22 +290,49 @@ impl Scheduler {
                 ) => {
                     let r = run.start_rejected(now, &detail, body, &targets);
                     checked(&run, r);
-                    return self.persist(&mut run).await;
+                    return self.saved(run).await;
                 }
                 Err(e) => {
                     self.provider_failed(s, &mut run, now, "reconcile", e);
-                    return self.persist(&mut run).await;
+                    return self.saved(run).await;
                 }
             }
         }
-        // Persist the intent first: after a crash the start is repeated with
-        // the same idempotency key, or reconciled, never skipped.
+        // A start without a reliable idempotency key persists its intent
+        // first: after a crash that record is what reconciliation finds, so
+        // the start is reconciled, never skipped nor blindly repeated. An
+        // idempotent start needs no record (issue 10): after a crash the run
+        // is still `accepted` (or `starting` from a failed attempt) and due,
+        // and the start is repeated with the same key, which returns the
+        // vendor run the lost attempt created.
+        if caps.idempotent_start && !self.create_is_durable(&run) {
+            // The store shows a new run once its create is applied, which
+            // may be a moment before it is durable; with no `starting`
+            // record to wait for, a start could reach the vendor for a run
+            // a kill -9 then loses (its sender, never answered 202, sends
+            // again: a second vendor run for one trigger; seen in
+            // tests/crash_loop.rs). A write queued now is durable only
+            // once everything applied before it is.
+            if let Err(e) = self.store.put_meta(DURABILITY_BARRIER, None).await {
+                tracing::warn!(run_id = %run.id(), error = %e, "cannot confirm the run is durable; its start waits");
+                // Retried later (in memory: nothing happened to record).
+                let q = crate::run::QuietState {
+                    due_at: Some(self.retry_at(s, &run, now, None)),
+                    ..run.quiet_state()
+                };
+                let run = run.with_quiet(q);
+                self.store.save_quiet(&run).await?;
+                return Ok(run);
+            }
+        }
         let guard = self.retry_at(s, &run, now, None);
         if let Err(e) = run.begin_start(now, guard) {
             tracing::error!(run_id = %run.id(), error = %e, "illegal run transition skipped");
-            return Ok(());
+            return Ok(run);
         }
-        self.persist(&mut run).await?;
+        if !caps.idempotent_start {
+            self.persist(&mut run).await?;
+        }
 
         let req = StartRequest {
             run_id: run.id(),
@@ -288,12 +374,15 @@ impl Scheduler {
                 self.provider_failed(s, &mut run, now, "start", e);
             }
         }
-        self.persist(&mut run).await
+        self.saved(run).await
     }
 
     /// Tracking: delivers due `run.waiting` events, asks for a requested
     /// cancel, and polls when the poll is due.
-    pub(super) async fn track(&self, mut run: Run) -> Result<(), StoreError> {
+    /// A step that changes only the run's quiet fields (a poll that
+    /// changed nothing) is saved with `save_quiet`: a restart does not need it.
+    pub(super) async fn track(&self, mut run: Run) -> Result<Run, StoreError> {
+        let loaded = run.clone();
         let now = self.now();
         if run.deliveries().iter().any(|d| d.is_due(now)) {
             self.send_due(&mut run).await;
@@ -302,13 +391,13 @@ impl Scheduler {
             return self.cancel(run).await;
         }
         if run.next_poll_at().is_none_or(|t| t <= self.now()) || now >= run.deadline() {
-            return self.poll(run).await;
+            return self.poll(run, &loaded).await;
         }
         run.replan(self.now());
-        self.persist(&mut run).await
+        self.saved_after(run, &loaded).await
     }
 
-    async fn cancel(&self, mut run: Run) -> Result<(), StoreError> {
+    pub(super) async fn cancel(&self, mut run: Run) -> Result<Run, StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
         let targets = Self::targets(topo.settings.routes.get(run.route()));
@@ -323,7 +412,7 @@ impl Scheduler {
             tracing::info!(run_id = %run.id(), "provider has no cancel: canceled locally, the vendor run may continue");
             let r = run.canceled(now, None, true, &targets);
             checked(&run, r);
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
         let req = PollRequest {
             workflow_id: run.workflow_id(),
@@ -360,17 +449,18 @@ impl Scheduler {
             }
             Err(e) => self.provider_failed(s, &mut run, now, "cancel", e),
         }
-        self.persist(&mut run).await
+        self.saved(run).await
     }
 
-    async fn poll(&self, mut run: Run) -> Result<(), StoreError> {
+    /// A poll of `run` (`loaded` is the run as the step found it).
+    async fn poll(&self, mut run: Run, loaded: &Run) -> Result<Run, StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
         let route = topo.settings.routes.get(run.route());
         let targets = Self::targets(route);
         let now = self.now();
         if Self::expire(&mut run, now, route, &targets) {
-            return self.persist(&mut run).await;
+            return self.saved(run).await;
         }
         let (Some(provider), Some(vendor_id)) = (
             topo.providers.get(run.provider()).cloned(),
@@ -423,7 +513,7 @@ impl Scheduler {
             // keep trying with backoff until the run times out.
             Err(e) => self.provider_failed(s, &mut run, now, "poll", e),
         }
-        self.persist(&mut run).await
+        self.saved_after(run, loaded).await
     }
 
     /// A provider call succeeded: a credential problem of its provider is over.
@@ -490,177 +580,6 @@ impl Scheduler {
         }
         let at = self.retry_at(s, run, now, retry_after);
         run.failed_call(now, detail, at);
-    }
-
-    /// Sends every due delivery of `run` once, recording the outcomes.
-    async fn send_due(&self, run: &mut Run) {
-        let topo = self.topology.load();
-        let ds = topo.settings.delivery.clone();
-        let route = topo.settings.routes.get(run.route());
-        let now = self.now();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut held = Vec::new();
-        let mut paused = Vec::new();
-        for (i, d) in run.deliveries().iter().enumerate() {
-            if !d.is_due(now) {
-                continue;
-            }
-            if self.paused.is_paused(&d.url) {
-                // Held without an attempt until resumed (which releases it).
-                self.paused.note_held(&d.url, run.id());
-                paused.push((i, now.plus(crate::delivery::pause::PAUSE_HOLD)));
-                continue;
-            }
-            let cb = route.and_then(|r| r.callbacks.iter().find(|c| c.url == d.url));
-            let admitted = match cb {
-                Some(c) => match self.endpoints.admit(&d.url, &c.limit) {
-                    Ok(a) => Some(a),
-                    Err(wait) => {
-                        held.push((i, now.plus(wait)));
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            let key = cb.map(|c| (c.keys.clone(), delivery::header_map(&c.headers), c.breaker));
-            let body = delivery::event_body(run, d);
-            let (client, url, id, ds) = (
-                self.client.clone(),
-                d.url.clone(),
-                d.webhook_id.clone(),
-                ds.clone(),
-            );
-            tasks.spawn(async move {
-                let outcome = match key {
-                    Some((keys, headers, breaker)) => {
-                        let o =
-                            delivery::attempt(&client, &url, &keys, &headers, &id, body, &ds).await;
-                        drop(admitted);
-                        Some((o, breaker))
-                    }
-                    None => None,
-                };
-                (i, outcome)
-            });
-        }
-        for (i, until) in held {
-            metrics::counter!("runbridge_deliveries_total", "outcome" => "held").increment(1);
-            run.hold_delivery(i, until);
-        }
-        for (i, until) in paused {
-            metrics::counter!("runbridge_deliveries_total", "outcome" => "paused").increment(1);
-            run.hold_delivery(i, until);
-        }
-        // Refreshed after this step's attempts are reported, below.
-        let _refresh = RefreshBreakers(self);
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((i, outcome)) = joined else { continue };
-            let now = self.now();
-            let Some(d) = run.deliveries().get(i) else {
-                continue;
-            };
-            match outcome {
-                Some((o, breaker)) => {
-                    // 410 is an answer, not an endpoint failure; a refused
-                    // destination was never contacted.
-                    if !o.refused {
-                        self.endpoints
-                            .report(&d.url, o.succeeded || o.gone, &breaker);
-                    }
-                    let next = if o.succeeded {
-                        None
-                    } else {
-                        delivery::next_attempt(now, d.attempts.len() + 1, &o, &ds)
-                    };
-                    metrics::histogram!("runbridge_delivery_attempt_seconds")
-                        .record(o.attempt.duration_ms as f64 / 1000.0);
-                    let reason = o
-                        .attempt
-                        .status_code
-                        .map(|c| format!("HTTP {c}"))
-                        .or_else(|| o.attempt.error.clone())
-                        .unwrap_or_else(|| "failed".into());
-                    if o.succeeded {
-                        metrics::counter!("runbridge_deliveries_total", "outcome" => "delivered")
-                            .increment(1);
-                        tracing::info!(run_id = %run.id(), url = %redact_url(&d.url), "callback delivered");
-                    } else if let Some(at) = next {
-                        metrics::counter!("runbridge_deliveries_total", "outcome" => "retry")
-                            .increment(1);
-                        if let Some(suppressed) = self.delivery_log.allow(run.route()) {
-                            tracing::warn!(
-                                run_id = %run.id(),
-                                url = %redact_url(&d.url),
-                                attempt = d.attempts.len() + 1,
-                                reason = %reason,
-                                next_attempt = %at,
-                                suppressed,
-                                "callback attempt failed; will retry"
-                            );
-                        }
-                    } else if o.refused {
-                        metrics::counter!("runbridge_deliveries_total", "outcome" => "refused")
-                            .increment(1);
-                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), reason = %reason, "callback refused (destination not allowed); not retried");
-                        run.record_refused(i, o.attempt);
-                        continue;
-                    } else {
-                        let outcome = if o.gone { "gone" } else { "dead" };
-                        metrics::counter!("runbridge_deliveries_total", "outcome" => outcome)
-                            .increment(1);
-                    }
-                    if o.gone {
-                        tracing::warn!(run_id = %run.id(), url = %redact_url(&d.url), "receiver answered 410 Gone; callback disabled for the rest of this run");
-                        run.callback_gone(i, o.attempt);
-                    } else {
-                        let dead = !o.succeeded && next.is_none();
-                        run.record_attempt(i, o.attempt, o.succeeded, next);
-                        if dead {
-                            self.report_dead(run, i, &reason);
-                        }
-                    }
-                }
-                None => {
-                    let attempt = crate::run::Attempt {
-                        at: now,
-                        duration_ms: 0,
-                        status_code: None,
-                        error: Some("callback is no longer configured for this route".into()),
-                        response: None,
-                    };
-                    run.record_attempt(i, attempt, false, None);
-                    self.report_dead(run, i, "callback is no longer configured for this route");
-                }
-            }
-        }
-    }
-
-    /// A delivery just went dead: counted, logged, alerted (never silent).
-    fn report_dead(&self, run: &Run, i: usize, reason: &str) {
-        if let Some(d) = run.deliveries().get(i) {
-            self.alerts.report(crate::delivery::alert::DeadDelivery {
-                run,
-                index: i,
-                delivery: d,
-                reason,
-            });
-        }
-    }
-
-    pub(super) async fn deliver(&self, mut run: Run) -> Result<(), StoreError> {
-        self.send_due(&mut run).await;
-        run.replan(self.now());
-        self.persist(&mut run).await
-    }
-}
-
-/// Publishes the open breakers to readiness and the gauge when dropped
-/// (at the end of a delivery step, whichever way it ends).
-struct RefreshBreakers<'a>(&'a Scheduler);
-
-impl Drop for RefreshBreakers<'_> {
-    fn drop(&mut self) {
-        self.0.health.set_open_breakers(self.0.endpoints.open());
     }
 }
 

@@ -82,7 +82,8 @@ impl Store for Flaky {
     }
 }
 
-/// A vendor that counts its starts.
+/// A vendor without an idempotent start (its intent is saved before the
+/// call) that counts its starts.
 #[derive(Default)]
 struct Counting {
     starts: AtomicUsize,
@@ -92,7 +93,7 @@ struct Counting {
 impl Provider for Counting {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            idempotent_start: true,
+            idempotent_start: false,
             reconcile: false,
             cancel: CancelSupport::Vendor,
             output_request: false,
@@ -221,6 +222,19 @@ struct Fake {
     cancels: Mutex<VecDeque<Result<CancelOutcome, ProviderError>>>,
     listed: Mutex<Vec<String>>,
     calls: Mutex<Vec<&'static str>>,
+    /// When set, starts and polls wait for a permit (a slow vendor);
+    /// `entered` is notified as each call begins.
+    gate: Option<Arc<Semaphore>>,
+    entered: Notify,
+}
+
+impl Fake {
+    async fn wait_gate(&self) {
+        self.entered.notify_one();
+        if let Some(g) = &self.gate {
+            g.acquire().await.expect("gate open").forget();
+        }
+    }
 }
 
 fn next<T: Clone>(q: &Mutex<VecDeque<T>>) -> T {
@@ -239,10 +253,12 @@ impl Provider for Fake {
     }
     async fn start(&self, _: StartRequest<'_>) -> Result<Started, ProviderError> {
         self.calls.lock().unwrap().push("start");
+        self.wait_gate().await;
         next(&self.starts)
     }
     async fn poll(&self, _: PollRequest<'_>) -> Result<Observation, ProviderError> {
         self.calls.lock().unwrap().push("poll");
+        self.wait_gate().await;
         next(&self.polls)
     }
     async fn cancel(&self, _: PollRequest<'_>) -> Result<CancelOutcome, ProviderError> {
@@ -275,6 +291,8 @@ fn fake(idempotent: bool, cancel: CancelSupport) -> Fake {
         cancels: Mutex::new([Ok(CancelOutcome::Pending)].into()),
         listed: Mutex::new(Vec::new()),
         calls: Mutex::new(Vec::new()),
+        gate: None,
+        entered: Notify::new(),
     }
 }
 
@@ -289,26 +307,43 @@ struct Harness {
 
 impl Harness {
     fn new(vendor: Fake) -> Harness {
-        let toml = r#"
+        Harness::with_extra(vendor, "")
+    }
+
+    /// Route `r` with `extra` TOML appended (its callbacks).
+    fn with_extra(vendor: Fake, extra: &str) -> Harness {
+        let store = Arc::new(MemoryStore::default());
+        let clock = Arc::new(AtomicU64::new(1_000_000));
+        Harness::over(Arc::new(vendor), store, clock, extra)
+    }
+
+    /// A scheduler over the parts given (the same store after a restart).
+    fn over(
+        vendor: Arc<Fake>,
+        store: Arc<MemoryStore>,
+        clock: Arc<AtomicU64>,
+        extra: &str,
+    ) -> Harness {
+        let toml = format!(
+            r#"
                 [providers.p]
                 kind = "simulated"
                 [routes.r]
                 provider = "p"
                 workflow_id = "wf"
-                verify = { kind = "none" }
+                verify = {{ kind = "none" }}
                 waiting_timeout = "10m"
-            "#;
+                {extra}
+            "#
+        );
         let cfg = config::Config::builder()
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .add_source(config::File::from_str(&toml, config::FileFormat::Toml))
             .build()
             .unwrap();
         let settings = crate::config::Settings::from_config(cfg).unwrap();
         let client = reqwest::Client::new();
-        let vendor = Arc::new(vendor);
         let mut topo = Topology::new(settings, &client);
         topo.providers.insert("p".into(), vendor.clone());
-        let store = Arc::new(MemoryStore::default());
-        let clock = Arc::new(AtomicU64::new(1_000_000));
         let c = clock.clone();
         let s = Scheduler::with_clock(
             store.clone(),
@@ -324,6 +359,18 @@ impl Harness {
             vendor,
             clock,
         }
+    }
+
+    /// A new process on the same store a second later (the old one was
+    /// killed: whatever it kept in memory is gone).
+    fn restart(&self) -> Harness {
+        self.advance(Duration::from_secs(1));
+        Harness::over(
+            self.vendor.clone(),
+            self.store.clone(),
+            self.clock.clone(),
+            "",
+        )
     }
 
     fn now(&self) -> Timestamp {
@@ -586,3 +633,5 @@ async fn a_vendor_that_forgot_the_run_ends_it_failed() {
     assert_eq!(r.status(), RunStatus::Failed);
     assert_eq!(r.error().as_ref().unwrap()["code"], "VENDOR_RUN_NOT_FOUND");
 }
+
+mod writes;

@@ -156,6 +156,18 @@ async fn cancel(State(st): State<St>, UrlPath(id): UrlPath<String>) -> Response 
     }
 }
 
+async fn list(State(st): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
+    st.core.saw_request();
+    let wf = q.get("workflow_id").cloned().unwrap_or_default();
+    let runs: Vec<Value> = st
+        .core
+        .list(&wf)
+        .iter()
+        .map(|r| run_json(r, st.seed))
+        .collect();
+    Json(json!({"data": runs, "list_metadata": {"before": null, "after": null}})).into_response()
+}
+
 impl FakeRetab {
     pub async fn start(seed: bool) -> FakeRetab {
         let core = Core::new("wfr_");
@@ -165,7 +177,7 @@ impl FakeRetab {
         };
         let app = Router::new()
             .route("/v1/workflows/{wf}/run", post(create_seed))
-            .route("/v1/workflows/runs", post(create_current))
+            .route("/v1/workflows/runs", post(create_current).get(list))
             .route("/v1/workflows/runs/{id}", get(status))
             .route("/v1/workflows/runs/{id}/cancel", post(cancel))
             .route("/v1/workflows/steps", get(steps))

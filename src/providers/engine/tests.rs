@@ -174,3 +174,28 @@ fn token_never_in_debug() {
     let dbg = format!("{:?}", e.headers);
     assert!(!dbg.contains("slat_1"), "{dbg}");
 }
+
+#[test]
+fn each_preset_declares_its_start_as_its_docs_allow() {
+    // shared/providers.md: only Slate documents an idempotency key that
+    // returns the existing run; the others are reconciled by listing.
+    let o = VendorOptions::default();
+    let seed = VendorOptions {
+        api_shape: Some("seed".into()),
+        ..Default::default()
+    };
+    for (kind, o, idempotent, reconcile) in [
+        ("slate", &o, true, false),
+        ("onepin", &o, false, true),
+        ("altostrat", &o, false, true),
+        ("retab", &o, false, true),
+        ("retab", &seed, false, true),
+    ] {
+        let c = engine(kind, o, "http://127.0.0.1:1").capabilities();
+        assert_eq!(
+            (c.idempotent_start, c.reconcile),
+            (idempotent, reconcile),
+            "{kind}"
+        );
+    }
+}

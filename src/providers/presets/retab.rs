@@ -5,9 +5,12 @@
 //! and our run id in `metadata`; status in `lifecycle`; error
 //! `lifecycle.message`/`category`; output from the steps endpoint. Both read
 //! `status` first, then `lifecycle.status`, then `lifecycle.kind`. Cancel is
-//! asynchronous (`cancellation_requested`: keep polling).
+//! asynchronous (`cancellation_requested`: keep polling). The idempotency
+//! key is sent but not trusted (which endpoints honour it, and for how
+//! long, is undocumented): a start is recorded before the call and an
+//! interrupted one is reconciled through the runs listing, newest first.
 
-use super::VendorOptions;
+use super::{skew, VendorOptions};
 use serde_json::{json, Value};
 
 /// Production API.
@@ -51,7 +54,7 @@ pub fn description(o: &VendorOptions) -> Result<Value, (String, String)> {
                 "text_inputs": "{{inputs/text_inputs}}",
             },
             "idempotency_header": "Idempotency-Key",
-            "idempotent": true,
+            "idempotent": false,
             "run_id": ["/id"],
         })
     } else {
@@ -66,7 +69,7 @@ pub fn description(o: &VendorOptions) -> Result<Value, (String, String)> {
                 "metadata": {"runbridge_run_id": "{{run_id}}"},
             },
             "idempotency_header": "Idempotency-Key",
-            "idempotent": true,
+            "idempotent": false,
             "run_id": ["/id"],
         })
     };
@@ -87,6 +90,14 @@ pub fn description(o: &VendorOptions) -> Result<Value, (String, String)> {
         });
     }
     let mut d = json!({
+        "list": {
+            "method": "GET",
+            "path": "/v1/workflows/runs?workflow_id={{workflow_id}}&order=desc&limit=100",
+            "items": "/data",
+            "id": "/id",
+            "created_at": ["/created_at", "/timing/created_at"],
+            "clock_skew": skew(o),
+        },
         "auth": auth,
         "start": start,
         "status": status,
