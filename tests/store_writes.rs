@@ -8,8 +8,7 @@
 //!
 //! Prints the figures (`cargo test --test store_writes -- --nocapture`).
 //! Slate: 5 run records written (create, started, one status change,
-//! terminal, delivery) plus a durability barrier before the start; OnePin:
-//! 6 records (plus `starting`).
+//! terminal, delivery); OnePin: 6 (plus `starting`).
 //! Before issue 10 the Slate run cost 14 durable writes (1 create + 13
 //! saves: starting, started, one per poll, terminal, delivery).
 
@@ -119,14 +118,12 @@ async fn durable_writes_for_a_run_polled_ten_times() {
     // create; started (QUEUED, no `starting` record: the start is
     // idempotent); RUNNING at poll 2 (a status change is history a restart
     // keeps); terminal at poll 10; the delivery's result. Polls 1 and 3-9
-    // changed nothing: quiet. Plus one `meta` op: the barrier before the
-    // start that waits until the create is durable (the store lists a new
-    // run as due once applied, before its flush); it writes no record and
-    // shares its flush under load.
+    // changed nothing: quiet. Nothing else: the store lists a new run as
+    // due only once its create is durable, so the start needs no barrier.
     assert_eq!(c.writes.get("create"), Some(&1), "{c:?}");
     assert_eq!(c.writes.get("save"), Some(&4), "{c:?}");
-    assert_eq!(c.writes.get("meta"), Some(&1), "{c:?}");
-    assert_eq!(total, 6, "{c:?}");
+    assert_eq!(c.writes.get("meta"), None, "{c:?}");
+    assert_eq!(total, 5, "{c:?}");
     assert_eq!(c.quiet, 8, "{c:?}");
 }
 
@@ -153,8 +150,7 @@ async fn a_start_without_an_idempotency_key_writes_one_more_record() {
     assert_eq!(polls, [10], "succeeded at the 10th status check");
     let total = report("OnePin", &c);
     // As Slate, plus `starting` before the start call (what reconciliation
-    // after a crash relies on), which also makes the create durable before
-    // the call: no barrier.
+    // after a crash relies on).
     assert_eq!(c.writes.get("meta"), None, "{c:?}");
     assert_eq!(c.writes.get("create"), Some(&1), "{c:?}");
     assert_eq!(c.writes.get("save"), Some(&5), "{c:?}");

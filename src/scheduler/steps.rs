@@ -16,10 +16,6 @@ use crate::time::Timestamp;
 use serde_json::json;
 use std::time::Duration;
 
-/// The operator-setting key an idempotent start deletes (it never exists)
-/// as a durability barrier: see [`Scheduler::start`].
-const DURABILITY_BARRIER: &str = "runbridge.barrier";
-
 /// Runs examined for vendor run ids other runs own (reconciliation).
 const OWNERS_SCANNED: usize = 1_000;
 
@@ -187,13 +183,6 @@ impl Scheduler {
         }
     }
 
-    /// Whether `run`'s record is certainly durable: it was saved after its
-    /// create (not `accepted`), or an earlier process accepted it (a
-    /// restart reads only what is durable).
-    fn create_is_durable(&self, run: &Run) -> bool {
-        run.phase() != Phase::Accepted || run.created_at() < self.booted_at
-    }
-
     pub(super) async fn start(&self, mut run: Run) -> Result<Run, StoreError> {
         let topo = self.topology.load();
         let s = &topo.settings.scheduler;
@@ -304,27 +293,10 @@ impl Scheduler {
         // idempotent start needs no record (issue 10): after a crash the run
         // is still `accepted` (or `starting` from a failed attempt) and due,
         // and the start is repeated with the same key, which returns the
-        // vendor run the lost attempt created.
-        if caps.idempotent_start && !self.create_is_durable(&run) {
-            // The store shows a new run once its create is applied, which
-            // may be a moment before it is durable; with no `starting`
-            // record to wait for, a start could reach the vendor for a run
-            // a kill -9 then loses (its sender, never answered 202, sends
-            // again: a second vendor run for one trigger; seen in
-            // tests/crash_loop.rs). A write queued now is durable only
-            // once everything applied before it is.
-            if let Err(e) = self.store.put_meta(DURABILITY_BARRIER, None).await {
-                tracing::warn!(run_id = %run.id(), error = %e, "cannot confirm the run is durable; its start waits");
-                // Retried later (in memory: nothing happened to record).
-                let q = crate::run::QuietState {
-                    due_at: Some(self.retry_at(s, &run, now, None)),
-                    ..run.quiet_state()
-                };
-                let run = run.with_quiet(q);
-                self.store.save_quiet(&run).await?;
-                return Ok(run);
-            }
-        }
+        // vendor run the lost attempt created. A new run is never started
+        // before its create is durable: the store lists it as due only
+        // then (see `Store::due`), so a kill -9 cannot take back a run
+        // whose vendor run was started.
         let guard = self.retry_at(s, &run, now, None);
         if let Err(e) = run.begin_start(now, guard) {
             tracing::error!(run_id = %run.id(), error = %e, "illegal run transition skipped");

@@ -27,9 +27,6 @@ pub struct MemoryStore {
     durable: AtomicUsize,
     /// `save_quiet` calls: kept in memory by a durable store.
     quiet: AtomicUsize,
-    /// `put_meta` calls, and whether they fail (a test's store fault).
-    metas: AtomicUsize,
-    fail_meta: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStore {
@@ -41,16 +38,6 @@ impl MemoryStore {
     /// counted: what issue 10 asks to keep to the transitions a restart needs.
     pub fn durable_saves(&self) -> usize {
         self.durable.load(Ordering::SeqCst)
-    }
-
-    /// `put_meta` calls (operator settings, the scheduler's barrier).
-    pub fn meta_writes(&self) -> usize {
-        self.metas.load(Ordering::SeqCst)
-    }
-
-    /// Makes `put_meta` fail (`true`) or work again.
-    pub fn fail_meta(&self, on: bool) {
-        self.fail_meta.store(on, Ordering::SeqCst);
     }
 
     /// Saves a durable store may keep in memory (`save_quiet`).
@@ -140,10 +127,6 @@ impl Store for MemoryStore {
     }
 
     async fn put_meta(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), StoreError> {
-        self.metas.fetch_add(1, Ordering::SeqCst);
-        if self.fail_meta.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("injected".into()));
-        }
         let mut g = self.lock();
         match value {
             Some(v) => g.meta.insert(key.to_string(), v),

@@ -185,7 +185,10 @@ pub trait Store: Send + Sync + 'static {
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Up to `limit` runs due at or before `until`, earliest first, leaving
-    /// out those `skip` says are already being worked on.
+    /// out those `skip` says are already being worked on. A new run is
+    /// listed only once its create is durable, so nothing is started for a
+    /// run a crash could still take back (an idempotent start records
+    /// nothing before its vendor call).
     fn due(
         &self,
         until: Timestamp,

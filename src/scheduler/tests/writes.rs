@@ -273,31 +273,3 @@ async fn a_cancel_that_cannot_get_the_run_in_time_is_busy_and_changes_nothing() 
     assert_eq!(r.phase(), Phase::Tracking);
     assert!(r.cancel().is_none(), "nothing recorded: the caller retries");
 }
-
-#[tokio::test]
-async fn an_idempotent_start_of_a_new_run_waits_until_its_create_is_durable() {
-    let h = Harness::new(fake(true, CancelSupport::Vendor));
-    let id = h.accept().await;
-    h.store.fail_meta(true);
-    let r = h.step(id).await;
-    assert_eq!(r.phase(), Phase::Accepted);
-    assert!(h.calls().is_empty(), "no start before the barrier");
-    assert!(r.due_at().unwrap() > h.now(), "retried later, not at once");
-    h.store.fail_meta(false);
-    let r = h.step(id).await;
-    assert_eq!(r.phase(), Phase::Tracking);
-    assert_eq!(h.store.meta_writes(), 2);
-
-    // A run an earlier process accepted was read back from disk: durable.
-    let h = Harness::new(fake(true, CancelSupport::Vendor));
-    let id = h.accept().await;
-    let h = h.restart();
-    h.step(id).await;
-    assert_eq!((h.store.meta_writes(), h.calls().len()), (0, 1));
-
-    // A start without a key waits for its `starting` save instead.
-    let h = Harness::new(fake(false, CancelSupport::Vendor));
-    let id = h.accept().await;
-    h.step(id).await;
-    assert_eq!(h.store.meta_writes(), 0);
-}
