@@ -1,5 +1,9 @@
 //! A store written by the previous release opens and its runs resume.
 //!
+//! Two ways: a real store the release before issue 10 wrote
+//! (`tests/fixtures/store-before-issue10`, see its README), and one the
+//! daemon writes now and the test rewrites in the previous format.
+//!
 //! The previous release stored each run as one whole JSON record in `runs`
 //! and kept its due index in a `due` tree. This test lets the daemon write
 //! runs in two phases (tracked, done), stops it, rewrites its store the way
@@ -129,5 +133,105 @@ async fn a_store_of_the_previous_release_opens_and_its_runs_resume() {
     d.restart().await;
     for (id, before) in done.iter().zip(&done_before) {
         assert_eq!(&d.get_run(id).await, before);
+    }
+}
+
+/// The fixture's routes, with the tracked runs' provider finishing at its
+/// next status check, and callbacks to `rx`.
+fn fixture_config(db: &Path, rx: &Receiver) -> String {
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = {admin}\n\
+         \n[storage]\npath = {db}\n\
+         \n[scheduler]\npoll_interval = \"1s\"\n\
+         \n[delivery]\nallow_destinations = [\"127.0.0.0/8\"]\n\
+         \n[providers.sim]\nkind = \"simulated\"\nduration = \"1s\"\noutcome = \"succeeded\"\n\
+         \n[providers.slow]\nkind = \"simulated\"\nduration = \"1s\"\noutcome = \"succeeded\"\n",
+        admin = toml_str(ADMIN_TOKEN),
+        db = toml_str(&db.to_string_lossy()),
+    );
+    for (route, provider) in [("quick", "sim"), ("hold", "slow")] {
+        text.push_str(&format!(
+            "\n[routes.{route}]\nprovider = \"{provider}\"\nworkflow_id = \"wf\"\n\
+             run_timeout = \"30days\"\ndedupe_header = \"X-GitHub-Delivery\"\n\
+             verify = {{ kind = \"github\", secret = \"fixture-secret\" }}\n\
+             \n[[routes.{route}.callbacks]]\nurl = {}\nsecret = {}\n",
+            toml_str(&rx.url()),
+            toml_str(CALLBACK_SECRET)
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_the_previous_release_wrote_opens_and_its_runs_resume() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-before-issue10");
+    let shown: serde_json::Map<String, Value> =
+        serde_json::from_slice(&std::fs::read(fixture.join("runs.json")).unwrap()).unwrap();
+    assert_eq!(shown.len(), 5);
+    let rx = Receiver::start(CALLBACK_SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir_all(db.join("blobs")).unwrap();
+    for f in ["conf", "db"] {
+        std::fs::copy(fixture.join(f), db.join(f)).unwrap();
+    }
+    let text = fixture_config(&db, &rx);
+    let mut d = Daemon::start_with_text(dir, &text).await;
+
+    // Every run reads as that release showed it: the finished ones whole,
+    // the tracked ones in everything but what a restart moves.
+    let mut tracked = Vec::new();
+    for (id, before) in &shown {
+        let now = d.get_run(id).await;
+        if before["phase"] == "done" {
+            assert_eq!(&now, before, "finished run {id} reads the same");
+            continue;
+        }
+        assert_eq!(before["phase"], "tracking", "{id}");
+        for field in [
+            "id",
+            "route",
+            "provider",
+            "workflow_id",
+            "delivery_id",
+            "inputs",
+            "created_at",
+            "deadline",
+            "vendor_run_id",
+            "started_at",
+            "start_attempts",
+        ] {
+            assert_eq!(now[field], before[field], "{field} of {id}");
+        }
+        tracked.push((id.clone(), before.clone()));
+    }
+    assert_eq!(tracked.len(), 3);
+    // The tracked runs resume: polled, ended (succeeded, or timed out if
+    // this runs more than 30 days after the fixture was written), and
+    // delivered, on the vendor run they had: nothing started again.
+    for (id, before) in &tracked {
+        rx.wait_delivered(id).await;
+        let after = d.wait_done(id).await;
+        assert!(
+            after["status"] == "succeeded" || after["status"] == "timed_out",
+            "{after}"
+        );
+        assert_eq!(after["vendor_run_id"], before["vendor_run_id"]);
+        assert_eq!(after["start_attempts"], before["start_attempts"]);
+    }
+    // Converted once: it opens again as it is now.
+    let finished: Vec<Value> = {
+        let mut v = Vec::new();
+        for (id, _) in &shown {
+            v.push(d.get_run(id).await);
+        }
+        v
+    };
+    d.terminate(Duration::from_secs(10))
+        .await
+        .expect("clean stop");
+    d.restart().await;
+    for ((id, _), before) in shown.iter().zip(&finished) {
+        assert_eq!(&d.get_run(id).await, before, "{id} after a second open");
     }
 }
