@@ -279,6 +279,42 @@ pub struct SledStore {
     index_built_at_open: Option<Duration>,
 }
 
+/// One bounded slice of a sweep: examines at most `budget` records of
+/// `tree` from `cursor` on, returns those whose value `pick` wants (key
+/// and value as seen, so the applier can check they are unchanged), and moves the cursor
+/// just past the last record examined, or back to the start at the end.
+fn sweep_slice(
+    tree: &sled::Tree,
+    cursor: &Mutex<Vec<u8>>,
+    budget: usize,
+    mut pick: impl FnMut(&[u8]) -> bool,
+) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+    let mut cursor = cursor.lock().unwrap_or_else(|p| p.into_inner());
+    let mut picked = Vec::new();
+    let mut seen = 0;
+    let mut last = None;
+    for item in tree.range(cursor.clone()..) {
+        if seen == budget {
+            break;
+        }
+        seen += 1;
+        let (k, v) = item.map_err(backend)?;
+        if pick(&v) {
+            picked.push((k.clone(), v));
+        }
+        last = Some(k);
+    }
+    *cursor = match last {
+        Some(k) if seen == budget => {
+            let mut next = k.to_vec();
+            next.push(0);
+            next
+        }
+        _ => Vec::new(),
+    };
+    Ok(picked)
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -511,35 +547,13 @@ impl Store for SledStore {
     }
 
     async fn sweep_dedupe(&self, now: Timestamp, budget: usize) -> Result<usize, StoreError> {
-        let mut expired = Vec::new();
-        {
+        let expired = {
             let inner = self.inner()?;
-            let mut cursor = self.sweep_cursor.lock().unwrap_or_else(|p| p.into_inner());
-            let mut seen = 0;
-            let mut last = None;
-            for item in inner.trees.dedupe.range(cursor.clone()..) {
-                if seen == budget {
-                    break;
-                }
-                seen += 1;
-                let (k, v) = item.map_err(backend)?;
-                // An undecodable record counts as expired.
-                let expires = parse_dedupe_value(&v).map_or(Timestamp(0), |(_, at)| at);
-                if expires <= now {
-                    expired.push((k.clone(), v));
-                }
-                last = Some(k);
-            }
-            *cursor = match last {
-                // Continue just after the last key examined.
-                Some(k) if seen == budget => {
-                    let mut next = k.to_vec();
-                    next.push(0);
-                    next
-                }
-                _ => Vec::new(),
-            };
-        }
+            // An undecodable record counts as expired.
+            sweep_slice(&inner.trees.dedupe, &self.sweep_cursor, budget, |v| {
+                parse_dedupe_value(v).map_or(Timestamp(0), |(_, at)| at) <= now
+            })?
+        };
         let removed = expired.len();
         if removed > 0 {
             self.submit(Op::ForgetDedupe(expired)).await?;
@@ -554,38 +568,14 @@ impl Store for SledStore {
     }
 
     async fn sweep_finished(&self, before: Timestamp, budget: usize) -> Result<usize, StoreError> {
-        let mut old = Vec::new();
-        {
+        let old = {
             let inner = self.inner()?;
-            let mut cursor = self
-                .retention_cursor
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut seen = 0;
-            let mut last = None;
-            for item in inner.trees.state.range(cursor.clone()..) {
-                if seen == budget {
-                    break;
-                }
-                seen += 1;
-                let (k, v) = item.map_err(backend)?;
-                // An undecodable state is kept: it may be a newer format.
-                if let Ok(m) = serde_json::from_slice::<RetentionMeta>(&v) {
-                    if m.phase == Phase::Done && m.updated_at <= before {
-                        old.push((k.clone(), v));
-                    }
-                }
-                last = Some(k);
-            }
-            *cursor = match last {
-                Some(k) if seen == budget => {
-                    let mut next = k.to_vec();
-                    next.push(0);
-                    next
-                }
-                _ => Vec::new(),
-            };
-        }
+            // An undecodable state is kept: it may be a newer format.
+            sweep_slice(&inner.trees.state, &self.retention_cursor, budget, |v| {
+                serde_json::from_slice::<RetentionMeta>(v)
+                    .is_ok_and(|m| m.phase == Phase::Done && m.updated_at <= before)
+            })?
+        };
         let removed = old.len();
         if removed > 0 {
             self.submit(Op::ForgetRuns(old)).await?;
