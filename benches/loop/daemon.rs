@@ -340,6 +340,18 @@ impl Daemon {
         })
     }
 
+    /// The unfinished runs the daemon logged in its `runbridge ready` line
+    /// (the runs a restart resumes), if it logged that line.
+    pub(crate) fn unfinished_logged(&self) -> Option<usize> {
+        std::fs::read_to_string(&self.stderr)
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("runbridge ready"))
+            .and_then(|l| l.split("unfinished=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<usize>().ok())
+    }
+
     pub(crate) fn rss(&self) -> u64 {
         status_bytes(self.pid, "VmRSS").unwrap_or(0)
     }

@@ -166,13 +166,7 @@ pub(crate) async fn memory(
     let t = Instant::now();
     d2.wait_healthy(Duration::from_secs(60)).await?;
     let healthy = listen + t.elapsed();
-    let unfinished = std::fs::read_to_string(&d2.stderr)
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.contains("runbridge ready"))
-        .and_then(|l| l.split("unfinished=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<usize>().ok());
+    let unfinished = d2.unfinished_logged();
     let rss_restart = d2.rss();
 
     // A sample of recorded run ids must still be there, unfinished.

@@ -77,13 +77,7 @@ async fn serve(
     let d = Daemon::spawn(bin, cfg, log, LOG_READY).await?;
     d.wait_healthy(Duration::from_secs(300)).await?;
     let took = t.elapsed();
-    let unfinished = std::fs::read_to_string(&d.stderr)
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.contains("runbridge ready"))
-        .and_then(|l| l.split("unfinished=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<usize>().ok());
+    let unfinished = d.unfinished_logged();
     Ok((d, took, unfinished))
 }
 
