@@ -31,8 +31,8 @@ pub(super) fn migrate(db: &sled::Db, trees: &Trees) -> Result<usize, StoreError>
         let Ok(run) = serde_json::from_slice::<Run>(&v) else {
             continue;
         };
-        let state = serde_json::to_vec(&run.state_part()).map_err(backend)?;
-        let fixed = serde_json::to_vec(&run.fixed_part()).map_err(backend)?;
+        let state = super::encode_state(&run)?;
+        let fixed = super::encode_fixed(&run)?;
         trees.state.insert(&k, state).map_err(backend)?;
         trees.runs.insert(&k, fixed).map_err(backend)?;
         split += 1;
@@ -48,6 +48,53 @@ pub(super) fn migrate(db: &sled::Db, trees: &Trees) -> Result<usize, StoreError>
     Ok(split)
 }
 
+/// The fixed parts (`runs`), walked in step with the states (`state`):
+/// both trees share the key order, so one pass over each pairs every state
+/// with its fixed part and finds the fixed parts without a state (a create
+/// cut off by a crash). Used by the repair at open and by the background
+/// verification after a crash (`verify.rs`).
+pub(super) struct FixedParts<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+    parts: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> FixedParts<I> {
+    pub(super) fn new(parts: I) -> Self {
+        FixedParts {
+            parts: parts.peekable(),
+        }
+    }
+
+    /// The fixed part stored under `key` (a state's key); the fixed parts
+    /// passed before it have no state and go to `orphans`.
+    pub(super) fn of(
+        &mut self,
+        key: &[u8],
+        orphans: &mut Vec<sled::IVec>,
+    ) -> sled::Result<Option<sled::IVec>> {
+        let mut fixed = None;
+        let not_after = |r: &sled::Result<(sled::IVec, sled::IVec)>| {
+            r.as_ref().map_or(true, |(fk, _)| fk.as_ref() <= key)
+        };
+        while let Some(next) = self.parts.next_if(not_after) {
+            let (fk, fv) = next?;
+            if fk.as_ref() == key {
+                fixed = Some(fv);
+            } else {
+                orphans.push(fk);
+            }
+        }
+        Ok(fixed)
+    }
+
+    /// After the last state: every fixed part left has no state.
+    pub(super) fn rest(self, orphans: &mut Vec<sled::IVec>) -> sled::Result<()> {
+        for item in self.parts {
+            orphans.push(item?.0);
+        }
+        Ok(())
+    }
+}
+
 impl Trees {
     /// Builds the due index from the run states (see `due.rs`), counts
     /// unfinished runs, and builds or verifies the index as `index` says.
@@ -61,7 +108,8 @@ impl Trees {
         let mut overdue = Vec::new();
         let mut keys_added = 0;
         let mut orphans = Vec::new();
-        let mut fixed_parts = (index != IndexRepair::None).then(|| self.runs.iter().peekable());
+        let mut fixed_parts =
+            (index != IndexRepair::None).then(|| FixedParts::new(self.runs.iter()));
         for item in self.state.iter() {
             let (k, v) = item.map_err(backend)?;
             let Some(id) = <[u8; 16]>::try_from(k.as_ref()).ok().map(RunId::from_bytes) else {
@@ -73,18 +121,7 @@ impl Trees {
                 continue;
             };
             if let Some(parts) = fixed_parts.as_mut() {
-                let mut fixed = None;
-                let not_after = |r: &sled::Result<(sled::IVec, sled::IVec)>| {
-                    r.as_ref().map_or(true, |(fk, _)| fk.as_ref() <= k.as_ref())
-                };
-                while let Some(next) = parts.next_if(not_after) {
-                    let (fk, fv) = next.map_err(backend)?;
-                    if fk == k {
-                        fixed = Some(fv);
-                    } else {
-                        orphans.push(fk);
-                    }
-                }
+                let fixed = parts.of(&k, &mut orphans).map_err(backend)?;
                 match (index, fixed.and_then(|f| IndexMeta::decode(&f, &v))) {
                     (IndexRepair::Verify, Some(m)) => {
                         keys_added += self.add_missing(&m.keys()).map_err(backend)?;
@@ -103,9 +140,7 @@ impl Trees {
             }
         }
         if let Some(parts) = fixed_parts {
-            for item in parts {
-                orphans.push(item.map_err(backend)?.0);
-            }
+            parts.rest(&mut orphans).map_err(backend)?;
         }
         for k in &orphans {
             self.runs.remove(k).map_err(backend)?;

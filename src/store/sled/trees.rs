@@ -259,12 +259,7 @@ impl Trees {
                 for s in stale {
                     // Only if still stale: the reader may have seen a write
                     // in progress (keys go in before their run).
-                    let key = s.id.to_bytes();
-                    let current = match (self.runs.get(key)?, self.state.get(key)?) {
-                        (Some(f), Some(st)) => IndexMeta::decode(&f, &st).map(|m| m.keys()),
-                        _ => None,
-                    };
-                    let valid = current.is_some_and(|k| match s.tree {
+                    let valid = self.current_keys(s.id)?.is_some_and(|k| match s.tree {
                         IndexTree::Runs => k.runs.contains(&s.key),
                         IndexTree::Deliveries => k.deliveries.contains(&s.key),
                     });
@@ -284,13 +279,8 @@ impl Trees {
             Op::VerifyIndex { ids, orphans } => {
                 let mut added = 0;
                 for id in ids {
-                    let key = id.to_bytes();
-                    let (Some(fixed), Some(state)) = (self.runs.get(key)?, self.state.get(key)?)
-                    else {
-                        continue;
-                    };
-                    if let Some(m) = IndexMeta::decode(&fixed, &state) {
-                        added += self.add_missing(&m.keys())?;
+                    if let Some(keys) = self.current_keys(*id)? {
+                        added += self.add_missing(&keys)?;
                     }
                 }
                 let mut removed = 0;
@@ -356,6 +346,16 @@ impl Trees {
             }
         }
         Ok(added)
+    }
+
+    /// The index keys run `id` has now, from its stored records (`None` if
+    /// it has no state or they cannot be read).
+    fn current_keys(&self, id: RunId) -> sled::Result<Option<IndexKeys>> {
+        let key = id.to_bytes();
+        Ok(match (self.runs.get(key)?, self.state.get(key)?) {
+            (Some(fixed), Some(state)) => IndexMeta::decode(&fixed, &state).map(|m| m.keys()),
+            _ => None,
+        })
     }
 
     /// The run a live, unexpired dedupe value points at, if that run exists.

@@ -14,6 +14,7 @@
 
 use super::fault::Shared;
 use super::index::IndexMeta;
+use super::open::FixedParts;
 use super::{Job, Op};
 use crate::run::RunId;
 use std::sync::atomic::Ordering;
@@ -48,21 +49,14 @@ pub(super) fn verify_loop(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Job>) {
         let trees = &inner.trees;
         let mut ids = Vec::new();
         let mut orphans = Vec::new();
-        let mut fixed_parts = trees.runs.range(cursor.as_slice()..).peekable();
+        let mut fixed_parts = FixedParts::new(trees.runs.range(cursor.as_slice()..));
         let mut last = None;
         let mut seen = 0;
         for item in trees.state.range(cursor.as_slice()..) {
             let Ok((k, v)) = item else { return };
-            let mut fixed = None;
-            while let Some(Ok((fk, fv))) =
-                fixed_parts.next_if(|r| r.as_ref().is_ok_and(|(fk, _)| fk <= &k))
-            {
-                if fk == k {
-                    fixed = Some(fv);
-                } else {
-                    orphans.push(fk);
-                }
-            }
+            let Ok(fixed) = fixed_parts.of(&k, &mut orphans) else {
+                return;
+            };
             if let Some(m) = fixed.and_then(|f| IndexMeta::decode(&f, &v)) {
                 let keys = m.keys();
                 let missing = keys
@@ -88,9 +82,8 @@ pub(super) fn verify_loop(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Job>) {
             }
         }
         let done = seen < STEP;
-        if done {
-            // Fixed parts after the last state have none.
-            orphans.extend(fixed_parts.filter_map(|r| r.ok().map(|(k, _)| k)));
+        if done && fixed_parts.rest(&mut orphans).is_err() {
+            return;
         }
         drop(inner);
         runs += seen;
