@@ -491,7 +491,7 @@ async fn a_store_written_before_the_index_gets_it_built_once() {
     // A store written without the index (the bench's baseline) loses the
     // marker, so the next open builds again.
     {
-        let store = SledStore::open_unindexed(dir.path(), 1 << 20).unwrap();
+        let store = super::tests::reopen_unindexed(dir.path()).await;
         let late = accepted("r0", "p", None);
         store.create_run(&late, None).await.unwrap();
         assert_eq!(store.list_runs(&q).unwrap().len(), want.len(), "scans");
@@ -562,7 +562,7 @@ async fn the_index_stays_consistent_across_reopen_and_repairs_a_crash() {
     // A crash that lost some keys of a durable run (which the write order
     // rules out, but a repair must not rely on) and left the store unclean.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = super::tests::raw_db(dir.path()).await;
         let idx = db.open_tree("idx_runs").unwrap();
         for k in IndexMeta::of(&all[0]).keys().runs {
             idx.remove(k).unwrap();

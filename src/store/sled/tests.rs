@@ -12,20 +12,31 @@ fn next_due(store: &SledStore) -> Option<Timestamp> {
     first.first().map(|(at, _)| *at)
 }
 
-/// Opens `dir` again once every handle of a previous open is gone (sled's
-/// own threads let go of its lock a moment after the last drop).
-pub(super) async fn reopen(dir: &Path) -> SledStore {
+/// Retries `open` until sled lets go of the directory: its own threads
+/// release the lock a moment after the last handle of a previous open is
+/// dropped, later still under load.
+async fn when_unlocked<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match SledStore::open(dir, 1 << 20) {
-            Ok(store) => return store,
+        match open() {
+            Ok(opened) => return opened,
             Err(e) if std::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "still locked");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("cannot reopen: {e}"),
+            Err(e) => panic!("cannot open: {e}"),
         }
     }
+}
+
+/// Opens the store in `dir` again once a previous open has let go of it.
+pub(super) async fn reopen(dir: &Path) -> SledStore {
+    when_unlocked(|| SledStore::open(dir, 1 << 20)).await
+}
+
+/// [`reopen`] without the run index (see [`SledStore::open_unindexed`]).
+pub(super) async fn reopen_unindexed(dir: &Path) -> SledStore {
+    when_unlocked(|| SledStore::open_unindexed(dir, 1 << 20)).await
 }
 
 /// Waits until the background index verification after an unclean open
@@ -171,16 +182,7 @@ async fn survives_reopen_and_lists_newest_first() {
 
 /// The raw sled database of a closed store, once sled lets go of it.
 pub(super) async fn raw_db(dir: &Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match sled::open(dir) {
-            Ok(db) => return db,
-            Err(_) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("cannot open: {e}"),
-        }
-    }
+    when_unlocked(|| sled::open(dir)).await
 }
 
 #[tokio::test]
