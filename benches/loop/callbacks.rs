@@ -319,16 +319,7 @@ pub(crate) async fn callbacks(
             tail(&d.stderr, 20)
         );
     }
-    let (took, ok) = d.terminate().await;
-    rep.row(
-        S,
-        "SIGTERM to exit",
-        format!(
-            "{:.0} ms ({})",
-            took.as_secs_f64() * 1000.0,
-            if ok { "exit 0" } else { "NOT clean" }
-        ),
-    );
+    terminate_and_report(rep, S, &mut d).await;
     recv_task.abort();
     Ok(())
 }

@@ -51,17 +51,7 @@ pub(crate) async fn ingress(
     );
     rep.set(S, "busy_after_s", json!(round(settle.as_secs_f64(), 2)));
     report_log(rep, S, &d);
-    let (took, ok) = d.terminate().await;
-    rep.row(
-        S,
-        "SIGTERM to exit",
-        format!(
-            "{:.0} ms ({})",
-            took.as_secs_f64() * 1000.0,
-            if ok { "exit 0" } else { "NOT clean" }
-        ),
-    );
-    rep.set(S, "sigterm_exit_ms", json!(took.as_millis() as u64));
+    terminate_and_report(rep, S, &mut d).await;
     Ok(())
 }
 

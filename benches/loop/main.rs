@@ -225,6 +225,22 @@ fn tempdir(opts: &Opts, name: &str) -> Result<tempfile::TempDir, String> {
         .map_err(|e| format!("cannot create a temp dir in {}: {e}", opts.dir.display()))
 }
 
+/// Stops the daemon with SIGTERM and reports how long it took to exit and
+/// whether it exited cleanly.
+async fn terminate_and_report(rep: &mut Report, scenario: &str, d: &mut Daemon) {
+    let (took, ok) = d.terminate().await;
+    rep.row(
+        scenario,
+        "SIGTERM to exit",
+        format!(
+            "{:.0} ms ({})",
+            took.as_secs_f64() * 1000.0,
+            if ok { "exit 0" } else { "NOT clean" }
+        ),
+    );
+    rep.set(scenario, "sigterm_exit_ms", json!(took.as_millis() as u64));
+}
+
 fn report_log(rep: &mut Report, scenario: &str, d: &Daemon) {
     let (n, first) = log_problems(&d.stderr);
     rep.set(scenario, "daemon_warnings", json!(n));

@@ -269,15 +269,6 @@ pub(crate) async fn memory(
     rep.set(S, "sample_size", json!(sample));
     rep.set(S, "rss_after_restart_bytes", json!(rss_restart));
     report_log(rep, S, &d2);
-    let (took, ok) = d2.terminate().await;
-    rep.row(
-        S,
-        "SIGTERM to exit",
-        format!(
-            "{:.0} ms ({})",
-            took.as_secs_f64() * 1000.0,
-            if ok { "exit 0" } else { "NOT clean" }
-        ),
-    );
+    terminate_and_report(rep, S, &mut d2).await;
     Ok(())
 }

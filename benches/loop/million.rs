@@ -169,7 +169,7 @@ pub(crate) async fn million(
         ),
     );
     report_log(rep, S, &d2);
-    d2.terminate().await;
+    terminate_and_report(rep, S, &mut d2).await;
 
     rep.set(S, "runs", json!(n));
     rep.set(S, "seed_s", json!(round(seeded.as_secs_f64(), 2)));
