@@ -9,17 +9,22 @@
 mod common;
 
 use common::bridge::{config, Route};
-use common::fake::CreateMode;
+use common::fake::{Core, CreateMode};
 use common::onepin::FakeOnePin;
 use common::retab::FakeRetab;
 use common::*;
 use serde_json::json;
 
 async fn daemon(f: &FakeOnePin, rx: &Receiver, wf: &str) -> Daemon {
+    daemon_for(&f.provider(), rx, wf).await
+}
+
+/// A daemon with route `r` on `provider` (a `[providers.v]` section).
+async fn daemon_for(provider: &str, rx: &Receiver, wf: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let text = config(
         dir.path(),
-        &f.provider(),
+        provider,
         &[Route::new("r", wf)],
         &rx.url(),
         "50ms",
@@ -27,15 +32,34 @@ async fn daemon(f: &FakeOnePin, rx: &Receiver, wf: &str) -> Daemon {
     Daemon::start_with_text(dir, &text).await
 }
 
-async fn held(f: &FakeOnePin) {
+async fn held(core: &Core) {
     poll_until("a held create", DEADLINE, || async {
-        if f.core.held() >= 1 {
+        if core.held() >= 1 {
             Ok(())
         } else {
-            Err(format!("held {}", f.core.held()))
+            Err(format!("held {}", core.held()))
         }
     })
     .await
+}
+
+/// After the restart: run `id` succeeded on the one vendor run its cut-off
+/// start created, adopted by reconciliation, and nothing was created twice.
+async fn assert_adopted_the_one_vendor_run(d: &Daemon, core: &Core, id: &str) {
+    let run = d.wait_done(id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let runs = core.runs();
+    assert_eq!(runs.len(), 1, "exactly one vendor run: {runs:?}");
+    assert_eq!(
+        run["vendor_run_id"], runs[0].id,
+        "and it is the tracked one"
+    );
+    assert_eq!(core.creates(), 1, "no second create");
+    assert!(
+        d.stderr().contains("adopting the vendor run"),
+        "{}",
+        d.stderr_tail(20)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,25 +69,12 @@ async fn sigkill_after_the_vendor_created_the_run_adopts_it_after_restart() {
     let mut d = daemon(&f, &rx, "wf_ok").await;
     f.core.set_mode(CreateMode::HoldAfterCreate);
     let id = d.trigger_json("r", &json!({})).await;
-    held(&f).await;
+    held(&f.core).await;
     d.kill_9().await;
     f.core.set_mode(CreateMode::Normal);
     f.core.release();
     d.restart().await;
-    let run = d.wait_done(&id).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    let runs = f.core.runs();
-    assert_eq!(runs.len(), 1, "exactly one vendor run: {runs:?}");
-    assert_eq!(
-        run["vendor_run_id"], runs[0].id,
-        "and it is the tracked one"
-    );
-    assert_eq!(f.core.creates(), 1, "no second create");
-    assert!(
-        d.stderr().contains("adopting the vendor run"),
-        "{}",
-        d.stderr_tail(20)
-    );
+    assert_adopted_the_one_vendor_run(&d, &f.core, &id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +84,7 @@ async fn sigkill_before_the_vendor_created_the_run_starts_it_once_after_restart(
     let mut d = daemon(&f, &rx, "wf_ok").await;
     f.core.set_mode(CreateMode::HoldBeforeCreate);
     let id = d.trigger_json("r", &json!({})).await;
-    held(&f).await;
+    held(&f.core).await;
     d.kill_9().await;
     f.core.set_mode(CreateMode::Normal);
     f.core.release();
@@ -92,7 +103,7 @@ async fn a_foreign_run_in_the_window_makes_the_start_uncertain_never_adopted() {
     let mut d = daemon(&f, &rx, "wf_ok").await;
     f.core.set_mode(CreateMode::HoldAfterCreate);
     let id = d.trigger_json("r", &json!({})).await;
-    held(&f).await;
+    held(&f.core).await;
     d.kill_9().await;
     // Someone starts the same workflow in OnePin's UI meanwhile.
     let foreign = f.core.add("wf_ok", json!({}), true);
@@ -170,39 +181,15 @@ async fn a_cancel_cut_off_by_sigkill_is_finished_after_restart() {
 async fn a_retab_start_cut_off_after_the_vendor_created_the_run_is_adopted_after_restart() {
     let f = FakeRetab::start(false).await;
     let rx = Receiver::start(CALLBACK_SECRET).await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = config(
-        dir.path(),
-        &f.provider(),
-        &[Route::new("r", "wf_ok")],
-        &rx.url(),
-        "50ms",
-    );
-    let mut d = Daemon::start_with_text(dir, &text).await;
+    let mut d = daemon_for(&f.provider(), &rx, "wf_ok").await;
     f.core.set_mode(CreateMode::HoldAfterCreate);
     let id = d.trigger_json("r", &json!({})).await;
-    poll_until("a held create", DEADLINE, || async {
-        if f.core.held() >= 1 {
-            Ok(())
-        } else {
-            Err(format!("held {}", f.core.held()))
-        }
-    })
-    .await;
+    held(&f.core).await;
     let run = d.get_run(&id).await;
     assert_eq!(run["phase"], "starting", "recorded before the call: {run}");
     d.kill_9().await;
     f.core.set_mode(CreateMode::Normal);
     f.core.release();
     d.restart().await;
-    let run = d.wait_done(&id).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
-    let runs = f.core.runs();
-    assert_eq!(runs.len(), 1, "exactly one vendor run: {runs:?}");
-    assert_eq!(
-        run["vendor_run_id"], runs[0].id,
-        "and it is the tracked one"
-    );
-    assert_eq!(f.core.creates(), 1, "no second create");
-    assert!(d.stderr().contains("adopting the vendor run"));
+    assert_adopted_the_one_vendor_run(&d, &f.core, &id).await;
 }
